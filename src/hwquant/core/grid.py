@@ -1,0 +1,115 @@
+"""The normalized grid of a format, and fake quantization onto it.
+
+Every format is a *grid function* g on scaled values v = x/s + z, defined on
+[lo, hi] (the format's range). Fake quantization (one formula for all formats):
+
+    c = clamp(x/s + z, lo, hi)
+    x̂ = s · (c + sg(g(c) − c) − z)          (sg = stop-gradient)
+
+Its value is s·(g(c) − z). Its gradients are the straight-through estimator and
+the LSQ scale gradient (Esser et al., ICLR 2020) without any custom backward:
+inside the range ∂x̂/∂x = 1, ∂x̂/∂s = g(v) − v, ∂x̂/∂z = 0; outside ∂x̂/∂x = 0,
+∂x̂/∂s = g(c) − z, ∂x̂/∂z = −s.
+
+>>> import torch
+>>> from hwquant.spec.formats import IntFormat
+>>> g = make_grid(IntFormat(4), "half_even")
+>>> fake_quantize(torch.tensor([0.26, -3.0, 9.0]), 0.25, 0.0, g).tolist()
+[0.25, -2.0, 1.75]
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hwquant.core.minifloat import minifloat_round
+from hwquant.core.pot import bipolar_round, level_midpoints, pot_round, round_to_levels
+from hwquant.core.rounding import get_rounding
+from hwquant.spec.formats import (
+    APoTFormat,
+    BipolarFormat,
+    Format,
+    IntFormat,
+    MinifloatFormat,
+    MSQFormat,
+    PowerOfTwoFormat,
+    TernaryFormat,
+)
+
+__all__ = ["Grid", "fake_quantize", "make_grid"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Grid function ``fn`` (applied to values already clamped to [lo, hi])."""
+
+    fn: Callable[[Tensor], Tensor]
+    lo: float
+    hi: float
+
+
+def _levels_fn(levels: tuple[float, ...]) -> Callable[[Tensor], Tensor]:
+    lv = torch.tensor(levels, dtype=torch.float32)
+    mids = level_midpoints(lv)
+
+    def fn(v: Tensor) -> Tensor:
+        return round_to_levels(v, lv.to(v.device, v.dtype), mids.to(v.device, v.dtype))
+
+    return fn
+
+
+def make_grid(fmt: Format, rounding: str = "half_even") -> Grid:
+    """The grid of ``fmt`` with rounding ``rounding`` (a name from core.rounding)."""
+    r = get_rounding(rounding)
+    if isinstance(fmt, BipolarFormat) or (isinstance(fmt, IntFormat) and fmt.bits == 1 and fmt.signed):
+        return Grid(bipolar_round, -1.0, 1.0)
+    if isinstance(fmt, IntFormat | TernaryFormat):
+        return Grid(r, fmt.min_value, fmt.max_value)
+    if isinstance(fmt, MinifloatFormat):
+        fn = functools.partial(
+            minifloat_round,
+            mantissa_bits=fmt.mantissa_bits,
+            min_exponent=fmt.min_exponent,
+            has_subnormal=fmt.has_subnormal,
+            rounding=r,
+        )
+        return Grid(fn, -fmt.max_value, fmt.max_value)
+    if isinstance(fmt, PowerOfTwoFormat):
+        fn = functools.partial(
+            pot_round, min_exponent=fmt.min_exponent, has_zero=fmt.has_zero, rounding=r
+        )
+        return Grid(fn, -1.0, 1.0)
+    if isinstance(fmt, APoTFormat | MSQFormat):
+        return Grid(_levels_fn(fmt.levels()), -1.0, 1.0)
+    raise ValueError(f"no grid for format {fmt!r}")
+
+
+def fake_quantize(
+    x: Tensor, scale: Tensor | float, zero_point: Tensor | float | None, grid: Grid
+) -> Tensor:
+    """x̂ = s·(c + sg(g(c) − c) − z), c = clamp(x/s + z, lo, hi): value s·(g(c) − z),
+    straight-through gradient for x, LSQ gradient for s and z (module docstring).
+
+    Without autograd (inference, export checks) it runs in place: 1 allocation.
+    """
+    if not torch.is_grad_enabled() or not (
+        x.requires_grad or isinstance(scale, Tensor) and scale.requires_grad
+    ):
+        v = x / scale
+        if zero_point is not None:
+            v += zero_point
+        q = grid.fn(v.clamp_(grid.lo, grid.hi))
+        if zero_point is not None:
+            q = q - zero_point
+        return q.mul_(scale)
+    v = x / scale if zero_point is None else x / scale + zero_point
+    c = torch.clamp(v, grid.lo, grid.hi)
+    y = c + (grid.fn(c) - c).detach()
+    if zero_point is not None:
+        y = y - zero_point
+    return y * scale

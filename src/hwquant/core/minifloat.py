@@ -1,0 +1,58 @@
+"""Minifloat (ExMy) rounding of already-scaled values (Aggarwal et al., FPL 2024).
+
+For v = x/s with |v| in binade e = ⌊log2|v|⌋, clamped below at e_min = 1 − bias
+(where subnormals live, with the same step), the step is 2^(e − M) and
+q = round(v / 2^(e−M)) · 2^(e−M). Without subnormals, |v| < 2^e_min rounds to
+0 or ±2^e_min. Out-of-range values saturate to ±max, or become ±inf / nan when
+the format is not saturating.
+
+>>> import torch
+>>> from hwquant.spec.formats import FP4_E2M1
+>>> minifloat_quantize(torch.tensor([0.3, 2.4, 5.1, 100.0]), FP4_E2M1).tolist()
+[0.5, 2.0, 6.0, 6.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from hwquant.core.rounding import round_half_even
+from hwquant.spec.formats import MinifloatFormat
+
+__all__ = ["minifloat_quantize", "minifloat_round"]
+
+
+def minifloat_round(
+    v: Tensor,
+    mantissa_bits: int,
+    min_exponent: int,
+    has_subnormal: bool = True,
+    rounding: Callable[[Tensor], Tensor] = round_half_even,
+) -> Tensor:
+    """Round v onto the ExMy grid with unbounded exponent above (no range clamp)."""
+    _, exp = torch.frexp(v)  # |v| = m·2^exp, m ∈ [0.5, 1) → ⌊log2|v|⌋ = exp − 1
+    e = torch.clamp(exp - 1, min=min_exponent)
+    step = torch.ldexp(torch.ones_like(v), e - mantissa_bits)
+    q = rounding(v / step) * step
+    if not has_subnormal:
+        min_normal = 2.0**min_exponent
+        q = torch.where(v.abs() < min_normal, rounding(v / min_normal) * min_normal, q)
+    return q
+
+
+def minifloat_quantize(
+    v: Tensor, fmt: MinifloatFormat, rounding: Callable[[Tensor], Tensor] = round_half_even
+) -> Tensor:
+    """Full minifloat semantics on scaled values: grid rounding, then saturation
+    (``fmt.saturating``) or overflow to ±inf (``has_inf``) / nan; nan stays nan."""
+    q = minifloat_round(v, fmt.mantissa_bits, fmt.min_exponent, fmt.has_subnormal, rounding)
+    m = fmt.max_value
+    if fmt.saturating:
+        return torch.clamp(q, -m, m)
+    over = q.abs() > m
+    if fmt.has_inf:
+        return torch.where(over, torch.sign(q) * torch.inf, q)
+    return torch.where(over, torch.full_like(q, torch.nan), q)

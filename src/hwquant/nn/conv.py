@@ -1,0 +1,105 @@
+"""Quantized convolutions (1d/2d/3d, grouped / depthwise) and transposed convolutions.
+
+>>> import torch
+>>> from hwquant.spec import W4, A4U, LayerSpec
+>>> conv = QuantConv2d(3, 8, 3, padding=1, spec=LayerSpec(input=A4U, weight=W4))
+>>> conv(torch.rand(1, 3, 8, 8)).shape
+torch.Size([1, 8, 8, 8])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwquant.nn.layer import QuantWeightLayer
+from hwquant.spec.layer_spec import LayerSpec
+from hwquant.spec.quant_spec import per_channel
+
+__all__ = [
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConv3d",
+    "QuantConvTranspose1d",
+    "QuantConvTranspose2d",
+]
+
+_CONV_FIELDS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+
+
+def _conv_kwargs(m: nn.Module) -> dict:
+    kw = {f: getattr(m, f) for f in _CONV_FIELDS}
+    kw["bias"] = m.bias is not None
+    kw["padding_mode"] = m.padding_mode
+    return kw
+
+
+class _QuantConvNd(QuantWeightLayer):
+    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self._setup_quant(spec)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self._conv_forward(self.input_quant(x), self.quant_weight(), self.quant_bias())
+        return self.output_quant(y)
+
+    float_kwargs = staticmethod(_conv_kwargs)
+
+
+class QuantConv1d(_QuantConvNd, nn.Conv1d):
+    float_type = nn.Conv1d
+
+
+class QuantConv2d(_QuantConvNd, nn.Conv2d):
+    float_type = nn.Conv2d
+
+
+class QuantConv3d(_QuantConvNd, nn.Conv3d):
+    float_type = nn.Conv3d
+
+
+class _QuantConvTransposeNd(QuantWeightLayer):
+    """Transposed convs store weights as [in, out/groups, k...]: a per-channel
+    weight spec on axis 0 (output channels, the hwquant convention) is moved to
+    axis 1 here."""
+
+    _fn = None
+
+    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        w = spec.weight
+        if w is not None and w.granularity.kind == "channel" and w.granularity.axis == 0:
+            w = dataclasses.replace(w, granularity=per_channel(1))
+        if spec.bias is not None and spec.bias.scale.method == "accumulator" and self.groups > 1:
+            raise ValueError("accumulator-scale bias is not supported on grouped transposed convs")
+        self._setup_quant(spec, weight_spec=w)
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        x = self.input_quant(x)
+        n = len(self.kernel_size)
+        pad = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, n, self.dilation
+        )
+        y = type(self)._fn(
+            x, self.quant_weight(), self.quant_bias(), self.stride, self.padding, pad,
+            self.groups, self.dilation,
+        )
+        return self.output_quant(y)
+
+    @staticmethod
+    def float_kwargs(m: nn.Module) -> dict:
+        kw = _conv_kwargs(m)
+        kw["output_padding"] = m.output_padding
+        return kw
+
+
+class QuantConvTranspose1d(_QuantConvTransposeNd, nn.ConvTranspose1d):
+    float_type = nn.ConvTranspose1d
+    _fn = staticmethod(F.conv_transpose1d)
+
+
+class QuantConvTranspose2d(_QuantConvTransposeNd, nn.ConvTranspose2d):
+    float_type = nn.ConvTranspose2d
+    _fn = staticmethod(F.conv_transpose2d)

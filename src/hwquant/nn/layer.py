@@ -1,0 +1,120 @@
+"""Base classes of the quantized layers: a torch layer plus owned quantizers.
+
+``QuantLayer`` gives a layer ``input_quant`` and ``output_quant``;
+``QuantWeightLayer`` adds ``weight_quant`` and ``bias_quant``. Absent quantizers
+are ``nn.Identity`` so forward never branches. Leaf classes subclass exactly one
+of these plus the torch layer (``class QuantLinear(QuantWeightLayer, nn.Linear)``),
+so ``isinstance(q, nn.Linear)`` holds and float state dicts load (the quantizer
+state is then re-derived: learned weight scales from the loaded weights,
+activation scales from the first batch).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.spec.layer_spec import LayerSpec
+
+__all__ = ["QuantLayer", "QuantWeightLayer", "activation_quantizer"]
+
+
+def activation_quantizer(spec, name: str = "") -> nn.Module:  # noqa: ANN001
+    """A Quantizer for activations, or Identity when ``spec`` is None."""
+    return nn.Identity() if spec is None else Quantizer(spec, name=name)
+
+
+def _quantizer_state_missing(module: nn.Module, prefix: str, state_dict) -> bool:  # noqa: ANN001
+    if not isinstance(module, Quantizer):
+        return False
+    keys = [prefix + k for k in module.state_dict()]
+    return bool(keys) and not any(k in state_dict for k in keys)
+
+
+class QuantLayer(nn.Module):
+    """Adds input / output quantizers to a torch layer; forward = out(f(in(x)))."""
+
+    float_type: ClassVar[type[nn.Module]]
+
+    def _setup_io(self, spec: LayerSpec) -> None:
+        if not isinstance(spec, LayerSpec):
+            raise ValueError(f"{type(self).__name__}.spec must be a LayerSpec, got {spec!r}")
+        self.layer_spec = spec
+        self.input_quant = activation_quantizer(spec.input)
+        self.output_quant = activation_quantizer(spec.output)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_quant(super().forward(self.input_quant(x)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._after_float_load(state_dict, prefix)
+
+    def _after_float_load(self, state_dict, prefix: str) -> None:  # noqa: ANN001
+        pass
+
+
+class QuantWeightLayer(QuantLayer):
+    """Adds weight and bias quantizers; subclasses call ``_setup_quant(spec)``."""
+
+    def _setup_quant(self, spec: LayerSpec, weight_spec=None) -> None:  # noqa: ANN001
+        self._setup_io(spec)
+        wspec = weight_spec or spec.weight
+        self.weight_quant = (
+            nn.Identity() if wspec is None else Quantizer.for_weight(wspec, self.weight)
+        )
+        bspec = spec.bias if self.bias is not None else None
+        if bspec is None:
+            self.bias_quant = nn.Identity()
+            self.quant_bias = self._bias_float
+        elif bspec.scale.method == "accumulator":
+            self.bias_quant = BiasQuantizer(bspec)
+            self.quant_bias = self._bias_on_accumulator_scale
+        else:
+            self.bias_quant = Quantizer.for_weight(bspec, self.bias)
+            self.quant_bias = self._bias_own_scale
+
+    def quant_weight(self) -> Tensor:
+        """The fake-quantized weight."""
+        return self.weight_quant(self.weight)
+
+    def _bias_float(self) -> Tensor | None:
+        return self.bias
+
+    def _bias_own_scale(self) -> Tensor:
+        return self.bias_quant(self.bias)
+
+    def _bias_on_accumulator_scale(self) -> Tensor:
+        s_acc = self.input_quant.scale() * self.weight_quant.scale_for(self.weight)
+        return self.bias_quant(self.bias, s_acc)
+
+    @torch.no_grad()
+    def reset_weight_scale(self) -> None:
+        """Re-derive learned weight / bias scales from the current parameters."""
+        for q, p in ((self.weight_quant, self.weight), (self.bias_quant, self.bias)):
+            if isinstance(q, Quantizer) and q.spec.scale.learned:
+                q.init_from(p)
+
+    def _after_float_load(self, state_dict, prefix: str) -> None:  # noqa: ANN001
+        if _quantizer_state_missing(self.weight_quant, prefix + "weight_quant.", state_dict):
+            self.reset_weight_scale()
+
+    @classmethod
+    def from_float(cls, module: nn.Module, spec: LayerSpec) -> QuantWeightLayer:
+        """The quantized twin of ``module`` (same hyper-parameters, weights copied)."""
+        p = module.weight
+        q = cls(**cls.float_kwargs(module), spec=spec, device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            q.weight.copy_(module.weight)
+            if module.bias is not None:
+                q.bias.copy_(module.bias)
+        q.reset_weight_scale()
+        q.train(module.training)
+        return q
+
+    @staticmethod
+    def float_kwargs(module: nn.Module) -> dict:  # pragma: no cover - overridden
+        raise NotImplementedError

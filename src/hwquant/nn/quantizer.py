@@ -1,0 +1,302 @@
+"""Quantizer: the module that holds a quantizer's state (scale, zero point).
+
+A quantizer is built from a :class:`~hwquant.spec.QuantSpec`. Its forward is a
+handful of tensor ops (:func:`hwquant.core.grid.fake_quantize`). What it does on
+a call is chosen when its *state* changes, never checked per call: ``_forward``
+is one of
+
+- ``_forward_static``  quantize with the stored / learned scale;
+- ``_forward_dynamic`` weights with a statistics scale: recompute it from the
+  tensor each call (no state);
+- ``_forward_init``    first call of an uninitialized activation quantizer:
+  derive the scale from this batch, then switch to ``_forward_static``;
+- ``_forward_observe`` calibration: collect statistics, return x unchanged;
+- ``_forward_float``   disabled: identity.
+
+Example:
+    >>> import torch
+    >>> from hwquant.spec import W4
+    >>> w = torch.randn(8, 16)
+    >>> q = Quantizer.for_weight(W4, w)
+    >>> bool((q(w) / q.scale()).round().abs().max() <= 7)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from hwquant.core.grid import fake_quantize, make_grid
+from hwquant.core.rounding import round_ste
+from hwquant.core.scaling import (
+    EPS,
+    absmax_rows,
+    check_finite,
+    mse_clip_rows,
+    percentile_rows,
+    pow2_ceil,
+    scale_zero_from_minmax,
+    to_rows,
+)
+from hwquant.spec.formats import BipolarFormat
+from hwquant.spec.quant_spec import QuantSpec
+
+__all__ = ["BiasQuantizer", "Quantizer"]
+
+MAX_OBSERVED = 1 << 20  # values kept per scale row while calibrating percentile / mse
+
+
+class Quantizer(nn.Module):
+    """Fake quantizer for a weight or activation tensor, built from a QuantSpec.
+
+    Args:
+        spec: what to quantize to and how scales are chosen.
+        shape: the tensor's shape (weights), or a template with 1 in the batch /
+            free dimensions (per-channel activations, e.g. ``(1, C, 1, 1)``);
+            needed for every granularity but per-tensor.
+        dynamic: recompute a statistics scale from the tensor on every call
+            (the default for weights whose scale is not learned).
+        name: used in error messages (``quantize`` sets the module path).
+    """
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        shape: Sequence[int] | None = None,
+        *,
+        dynamic: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if not isinstance(spec, QuantSpec):
+            raise ValueError(f"Quantizer.spec must be a QuantSpec, got {spec!r}")
+        if spec.scale.method == "accumulator":
+            raise ValueError("scale method 'accumulator' is for biases: use BiasQuantizer")
+        if spec.granularity.kind != "tensor" and shape is None:
+            raise ValueError(f"a {spec.granularity} quantizer needs the tensor shape (shape=...)")
+        self.spec = spec
+        self.name = name
+        self.grid = make_grid(spec.format, spec.rounding)
+        self.shape = tuple(shape) if shape is not None else None
+        self.scale_shape = spec.granularity.scale_shape(self.shape) if self.shape else ()
+        self._grouped = spec.granularity.kind == "group"
+        sc = spec.scale
+        self.log2 = sc.learned and (sc.log2_domain or sc.power_of_two)
+        if sc.learned:
+            self.scale_param = nn.Parameter(torch.zeros(self.scale_shape) if self.log2 else torch.ones(self.scale_shape))
+        else:
+            value = sc.value if sc.method == "fixed" else 1.0
+            self.register_buffer("scale_buf", torch.full(self.scale_shape, float(value)))
+        if spec.zero_point == "learned":
+            self.zero_param = nn.Parameter(torch.zeros(self.scale_shape))
+        elif spec.zero_point == "asymmetric":
+            self.register_buffer("zero_buf", torch.zeros(self.scale_shape))
+        self.register_buffer("initialized", torch.tensor(sc.method == "fixed"))
+        self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
+        self._observed: list[Tensor] = []
+        self.register_load_state_dict_post_hook(_after_load)
+        self._set_forward()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def for_weight(cls, spec: QuantSpec, weight: Tensor, name: str = "") -> Quantizer:
+        """A weight quantizer: learned scales start from ``weight``'s statistics;
+        other statistics scales are recomputed from the weight on every call."""
+        q = cls(spec, tuple(weight.shape), dynamic=True, name=name)
+        if spec.scale.learned:
+            q.init_from(weight.detach())
+        return q
+
+    # ---------------------------------------------------------------- state
+    def _set_forward(self) -> None:
+        if self.dynamic:
+            self._forward = self._forward_dynamic
+        elif bool(self.initialized):
+            self._forward = self._forward_static
+        else:
+            self._forward = self._forward_init
+
+    def scale(self) -> Tensor:
+        """The current scale, shaped to broadcast against the tensor (learned scales
+        carry gradients; power-of-two learned scales round log2 s straight-through)."""
+        if not self.spec.scale.learned:
+            return self.scale_buf
+        p = self.scale_param
+        if self.log2:
+            return torch.exp2(round_ste(p) if self.spec.scale.power_of_two else p)
+        return p.abs()
+
+    def zero_point(self) -> Tensor | None:
+        """The zero point (None when symmetric); learned ones round straight-through."""
+        if self.spec.zero_point == "learned":
+            return round_ste(self.zero_param)
+        if self.spec.zero_point == "asymmetric":
+            return self.zero_buf
+        return None
+
+    def scale_for(self, x: Tensor) -> Tensor:
+        """The scale used to quantize ``x`` (dynamic quantizers derive it from x)."""
+        if self.dynamic:
+            with torch.no_grad():
+                return self._stats(x)[0]
+        return self.scale()
+
+    def init_from(self, x: Tensor) -> None:
+        """Set the scale (and zero point) from the statistics of ``x``."""
+        check_finite(x, f"input of quantizer {self.name or self.spec.describe()}")
+        self._store(*self._stats(x.detach()))
+
+    @torch.no_grad()
+    def _store(self, s: Tensor, z: Tensor | None) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Replicas initialized from different batches must agree: average.
+            s = s.clone()
+            dist.all_reduce(s)
+            s /= dist.get_world_size()
+        if self.spec.scale.learned:
+            self.scale_param.copy_(torch.log2(s) if self.log2 else s)
+        else:
+            self.scale_buf.copy_(s)
+        if z is not None:
+            (self.zero_param if self.spec.zero_point == "learned" else self.zero_buf).copy_(z)
+        self.initialized.fill_(True)
+        self._set_forward()
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(scale, zero point) from x, shaped like the scale."""
+        return self._from_rows(to_rows(x.detach().float(), self.spec.granularity))
+
+    def _from_rows(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        sc, g = self.spec.scale, self.grid
+        signed = g.lo < 0
+        z = None
+        if self.spec.zero_point != "symmetric":
+            s, z = scale_zero_from_minmax(rows.amin(1), rows.amax(1), g.lo, g.hi)
+        elif isinstance(self.spec.format, BipolarFormat):
+            s = rows.abs().mean(1)
+        elif sc.method == "percentile":
+            s = percentile_rows(rows, sc.percentile, signed) / g.hi
+        elif sc.method == "mse":
+            s = mse_clip_rows(rows, g, signed) / g.hi
+        else:
+            s = absmax_rows(rows, signed) / g.hi
+        s = s.clamp(min=EPS)
+        if sc.power_of_two:
+            s = pow2_ceil(s)
+        shape = self.scale_shape
+        return s.reshape(shape), (z.reshape(shape) if z is not None else None)
+
+    # ---------------------------------------------------------------- calibration
+    def calibrate(self) -> None:
+        """Start collecting statistics: calls return their input unchanged."""
+        self._observed = []
+        self._forward = self._forward_observe
+
+    def finish_calibration(self) -> None:
+        """Derive the scale from what was observed, then quantize."""
+        if not self._observed:
+            raise ValueError(f"quantizer {self.name!r} saw no data during calibration")
+        rows = torch.cat(self._observed, dim=1)
+        self._observed = []
+        self._store(*self._from_rows(rows))
+
+    def disable(self) -> None:
+        """Identity until ``enable()``."""
+        self._forward = self._forward_float
+
+    def enable(self) -> None:
+        self._set_forward()
+
+    # ---------------------------------------------------------------- forward paths
+    def forward(self, x: Tensor) -> Tensor:
+        return self._forward(x)
+
+    def quantize(self, x: Tensor, s: Tensor, z: Tensor | None) -> Tensor:
+        """Fake-quantize x with scale s and zero point z (handles grouped views)."""
+        if self._grouped:
+            shape = x.shape
+            return fake_quantize(x.reshape(self._group_view), s, z, self.grid).reshape(shape)
+        return fake_quantize(x, s, z, self.grid)
+
+    @property
+    def _group_view(self) -> tuple[int, ...]:
+        return self.spec.granularity.grouped_shape(self.shape)
+
+    def _forward_static(self, x: Tensor) -> Tensor:
+        return self.quantize(x, self.scale(), self.zero_point())
+
+    def _forward_dynamic(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            s, z = self._stats(x)
+        return self.quantize(x, s, z)
+
+    def _forward_init(self, x: Tensor) -> Tensor:
+        self.init_from(x)
+        return self._forward_static(x)
+
+    def _forward_observe(self, x: Tensor) -> Tensor:
+        check_finite(x, f"calibration data of quantizer {self.name or self.spec.describe()}")
+        rows = to_rows(x.detach().float(), self.spec.granularity)
+        if self.spec.scale.method in ("percentile", "mse"):
+            if rows.shape[1] > MAX_OBSERVED // 8:
+                idx = torch.randint(0, rows.shape[1], (MAX_OBSERVED // 8,), device=rows.device)
+                rows = rows[:, idx]
+            self._observed.append(rows)
+            if sum(r.shape[1] for r in self._observed) > MAX_OBSERVED:
+                self._observed = [torch.cat(self._observed, 1)[:, -MAX_OBSERVED:]]
+        else:  # min / max statistics are enough
+            stat = torch.stack([rows.amin(1), rows.amax(1)], dim=1)
+            if self._observed:
+                prev = self._observed[0]
+                stat = torch.stack([torch.minimum(prev[:, 0], stat[:, 0]), torch.maximum(prev[:, 1], stat[:, 1])], 1)
+            self._observed = [stat]
+        return x
+
+    def _forward_float(self, x: Tensor) -> Tensor:
+        return x
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001
+        # A float checkpoint carries no quantizer entries: keep this quantizer's
+        # state (its layer re-derives weight scales) instead of reporting them missing.
+        if any(k.startswith(prefix) for k in state_dict):
+            super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def extra_repr(self) -> str:
+        return self.spec.describe() + (" dynamic" if self.dynamic else "")
+
+
+def _after_load(module: Quantizer, incompatible_keys) -> None:  # noqa: ANN001
+    module._set_forward()
+
+
+class BiasQuantizer(nn.Module):
+    """Bias quantizer with the accumulator's scale: s_b = s_input · s_weight, so the
+    bias adds to the integer accumulator without re-scaling (``bits`` wide, signed).
+
+    >>> import torch
+    >>> from hwquant.spec.formats import IntFormat
+    >>> from hwquant.spec.quant_spec import QuantSpec, ScaleSpec
+    >>> bq = BiasQuantizer(QuantSpec(IntFormat(16), scale=ScaleSpec("accumulator")))
+    >>> bq(torch.tensor([0.1234]), torch.tensor([0.25])).tolist()
+    [0.0]
+    >>> bq(torch.tensor([0.3]), torch.tensor([0.25])).tolist()
+    [0.25]
+    """
+
+    def __init__(self, spec: QuantSpec, name: str = "") -> None:
+        super().__init__()
+        if spec.scale.method != "accumulator":
+            raise ValueError("BiasQuantizer needs ScaleSpec(method='accumulator')")
+        self.spec = spec
+        self.name = name
+        self.grid = make_grid(spec.format, spec.rounding)
+
+    def forward(self, bias: Tensor, acc_scale: Tensor) -> Tensor:
+        return fake_quantize(bias, acc_scale.reshape(-1), None, self.grid)
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.format.name} scale=input·weight"

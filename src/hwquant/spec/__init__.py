@@ -1,0 +1,9 @@
+"""Specs: frozen, validated, serializable descriptions of formats and quantizers."""
+
+from hwquant.spec.formats import *  # noqa: F403
+from hwquant.spec.formats import __all__ as _formats_all
+from hwquant.spec.layer_spec import LayerSpec, Recipe, accumulator_bias
+from hwquant.spec.quant_spec import *  # noqa: F403
+from hwquant.spec.quant_spec import __all__ as _qs_all
+
+__all__ = [*_formats_all, *_qs_all, "LayerSpec", "Recipe", "accumulator_bias"]

@@ -1,0 +1,148 @@
+"""LayerSpec (the quantizers one layer owns) and Recipe (which layer gets which).
+
+Example:
+    >>> from hwquant.spec.quant_spec import W4, A4U
+    >>> r = Recipe.uniform(weights=W4, activations=A4U, keep_float=("fc_out",))
+    >>> r.spec_for("fc_out", "Linear") is None
+    True
+    >>> r.spec_for("features.0", "Conv2d").weight is W4
+    True
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from hwquant.spec.formats import IntFormat
+from hwquant.spec.quant_spec import QuantSpec, ScaleSpec
+
+__all__ = ["WEIGHT_LAYERS", "LayerSpec", "Recipe", "accumulator_bias"]
+
+#: torch module type names that carry weights (their LayerSpec needs ``weight``).
+WEIGHT_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d")
+
+
+def accumulator_bias(bits: int = 32) -> QuantSpec:
+    """Bias spec on the accumulator's scale (s_input · s_weight), ``bits`` wide."""
+    return QuantSpec(IntFormat(bits), scale=ScaleSpec("accumulator"))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The quantizers of one layer; ``None`` leaves that tensor in float.
+
+    ``input``: the layer's input; ``weight`` / ``bias``: its parameters;
+    ``output``: its result (activation layers and merges quantize here).
+    ``shared_input_scale``: merges (add, cat) quantize all operands with one
+    quantizer so an integer adder / concatenation needs no re-scaling.
+    """
+
+    input: QuantSpec | None = None
+    weight: QuantSpec | None = None
+    bias: QuantSpec | None = None
+    output: QuantSpec | None = None
+    shared_input_scale: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("input", "weight", "bias", "output"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, QuantSpec):
+                raise ValueError(f"LayerSpec.{name} must be a QuantSpec or None, got {v!r}")
+        if self.bias is not None and self.bias.scale.method == "accumulator":
+            if self.input is None or self.weight is None:
+                raise ValueError(
+                    "LayerSpec.bias on the accumulator scale needs both input and weight quantizers"
+                )
+            if self.input.granularity.kind != "tensor":
+                raise ValueError("LayerSpec.bias on the accumulator scale needs a per-tensor input scale")
+            if self.weight.granularity.kind == "group":
+                raise ValueError("LayerSpec.bias on the accumulator scale cannot use per-group weights")
+
+    def describe(self) -> dict[str, str]:
+        return {
+            k: (getattr(self, k).describe() if getattr(self, k) is not None else "float")
+            for k in ("input", "weight", "bias", "output")
+        }
+
+
+def _pairs(m: Mapping[str, LayerSpec | None] | Iterable) -> tuple[tuple[str, LayerSpec | None], ...]:
+    items = m.items() if isinstance(m, Mapping) else m
+    out = tuple((str(k), v) for k, v in items)
+    for k, v in out:
+        if v is not None and not isinstance(v, LayerSpec):
+            raise ValueError(f"Recipe entry {k!r} must be a LayerSpec or None, got {v!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Which LayerSpec each module gets.
+
+    Resolution order for a module at path ``name`` of type ``T``: the first
+    matching ``by_name`` pattern (fnmatch; ``None`` keeps it float), then
+    ``by_type[T]``, then ``default`` for weight layers. ``merge`` is the spec of
+    add / concat operands; ``unsigned_after_relu`` turns a signed activation
+    format unsigned where the graph shows the input is non-negative.
+    """
+
+    default: LayerSpec | None = None
+    by_type: tuple[tuple[str, LayerSpec | None], ...] = field(default_factory=tuple)
+    by_name: tuple[tuple[str, LayerSpec | None], ...] = field(default_factory=tuple)
+    merge: LayerSpec | None = None
+    unsigned_after_relu: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_type", _pairs(self.by_type))
+        object.__setattr__(self, "by_name", _pairs(self.by_name))
+        if self.default is not None and not isinstance(self.default, LayerSpec):
+            raise ValueError(f"Recipe.default must be a LayerSpec, got {self.default!r}")
+        if self.merge is not None and not isinstance(self.merge, LayerSpec):
+            raise ValueError(f"Recipe.merge must be a LayerSpec, got {self.merge!r}")
+
+    def spec_for(self, name: str, type_name: str) -> LayerSpec | None:
+        for pattern, spec in self.by_name:
+            if fnmatch.fnmatchcase(name, pattern):
+                return spec
+        for t, spec in self.by_type:
+            if t == type_name:
+                return spec
+        return self.default if type_name in WEIGHT_LAYERS else None
+
+    def has_entry_for(self, name: str, type_name: str) -> bool:
+        """True when a pattern or type entry names this module (even to keep it float)."""
+        return any(fnmatch.fnmatchcase(name, p) for p, _ in self.by_name) or any(
+            t == type_name for t, _ in self.by_type
+        )
+
+    @classmethod
+    def uniform(
+        cls,
+        weights: QuantSpec,
+        activations: QuantSpec | None,
+        *,
+        bias: QuantSpec | None = None,
+        activation_outputs: bool = False,
+        keep_float: Iterable[str] = (),
+        by_name: Mapping[str, LayerSpec | None] | None = None,
+    ) -> Recipe:
+        """Every weight layer gets ``weights`` and quantizes its input with
+        ``activations``; avg-pooling and merges quantize their inputs too. With
+        ``activation_outputs`` the activation functions (ReLU, Sigmoid, ...)
+        also quantize their outputs. ``keep_float``: name patterns left in float."""
+        layer = LayerSpec(input=activations, weight=weights, bias=bias)
+        act = LayerSpec(input=activations)
+        by_type: dict[str, LayerSpec | None] = {"AvgPool2d": act, "AdaptiveAvgPool2d": act}
+        if activation_outputs and activations is not None:
+            out = LayerSpec(output=activations)
+            for t in ("ReLU", "ReLU6", "Hardtanh", "Sigmoid", "Tanh"):
+                by_type[t] = out
+        names: dict[str, LayerSpec | None] = {p: None for p in keep_float}
+        names.update(by_name or {})
+        merge = LayerSpec(input=activations) if activations is not None else None
+        return cls(default=layer, by_type=_pairs(by_type), by_name=_pairs(names), merge=merge)
+
+    def with_default(self, **changes) -> Recipe:
+        """A copy whose default LayerSpec has ``changes`` applied."""
+        return replace(self, default=replace(self.default or LayerSpec(), **changes))
