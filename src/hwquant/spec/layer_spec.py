@@ -122,7 +122,7 @@ class Recipe:
         weights: QuantSpec,
         activations: QuantSpec | None,
         *,
-        bias: QuantSpec | None = None,
+        bias: QuantSpec | None | str = "accumulator",
         activation_outputs: bool = False,
         keep_float: Iterable[str] = (),
         by_name: Mapping[str, LayerSpec | None] | None = None,
@@ -130,7 +130,12 @@ class Recipe:
         """Every weight layer gets ``weights`` and quantizes its input with
         ``activations``; avg-pooling and merges quantize their inputs too. With
         ``activation_outputs`` the activation functions (ReLU, Sigmoid, ...)
-        also quantize their outputs. ``keep_float``: name patterns left in float."""
+        also quantize their outputs. ``keep_float``: name patterns left in float.
+        ``bias``: a QuantSpec, None (float), or "accumulator" (the default: 32-bit
+        on the accumulator scale when inputs are quantized per tensor, else float)."""
+        if bias == "accumulator":
+            per_tensor_in = activations is not None and activations.granularity.kind == "tensor"
+            bias = accumulator_bias(32) if per_tensor_in and weights.granularity.kind != "group" else None
         layer = LayerSpec(input=activations, weight=weights, bias=bias)
         act = LayerSpec(input=activations)
         by_type: dict[str, LayerSpec | None] = {"AvgPool2d": act, "AdaptiveAvgPool2d": act}

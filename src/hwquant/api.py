@@ -1,0 +1,314 @@
+"""One verb for existing models: ``quantize(model, recipe)``; plus calibration.
+
+``quantize`` swaps every supported module for its quantized twin (by type or by
+name pattern, see :class:`~hwquant.spec.Recipe`). When the model traces with
+torch.fx it also
+
+- quantizes functional merges (``+``, ``torch.add``, ``torch.cat``) with
+  ``QuantAdd`` / ``QuantCat`` modules, and functional ``F.relu`` / ``torch.relu``
+  when the recipe quantizes ReLU outputs;
+- makes a signed activation format unsigned where the graph proves the input is
+  non-negative (after ReLU, sigmoid, pooling of those, …): a free bit.
+
+Everything else stays float and the report says so and why.
+
+Example:
+    >>> import torch
+    >>> from hwquant.models import MLP
+    >>> from hwquant.spec import W4, A4U, Recipe
+    >>> qmodel = quantize(MLP((64, 32, 10)), Recipe.uniform(weights=W4, activations=A4U))
+    >>> [e.name for e in qmodel.hwquant_report.entries if e.quantized]
+    ['layers.0', 'layers.2']
+    >>> qmodel(torch.randn(4, 64)).shape
+    torch.Size([4, 10])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from hwquant.nn import QUANT_TYPES, QuantAdd, QuantCat, QuantReLU, Quantizer
+from hwquant.spec.formats import IntFormat
+from hwquant.spec.layer_spec import LayerSpec, Recipe
+from hwquant.spec.quant_spec import QuantSpec
+
+__all__ = [
+    "LayerEntry",
+    "QuantizeReport",
+    "calibration",
+    "quantize",
+    "quantizers",
+    "set_quantization",
+]
+
+
+@dataclass
+class LayerEntry:
+    """What ``quantize`` did with one module or functional op."""
+
+    name: str
+    type: str
+    quantized: bool
+    detail: dict[str, str] | str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class QuantizeReport:
+    entries: list[LayerEntry] = field(default_factory=list)
+    traced: bool = False
+    trace_error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "traced": self.traced,
+            "trace_error": self.trace_error,
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+    def table(self):  # noqa: ANN201 - rich.table.Table
+        """A rich table: one row per module, its quantizers' formats."""
+        from rich.table import Table
+
+        t = Table(title="hwquant: layers")
+        for col in ("layer", "type", "input", "weight", "bias", "output"):
+            t.add_column(col)
+        for e in self.entries:
+            if isinstance(e.detail, dict):
+                d = e.detail
+                t.add_row(e.name, e.type, d["input"], d["weight"], d["bias"], d["output"])
+            else:
+                t.add_row(e.name, e.type, f"[yellow]{e.detail}", "", "", "")
+        return t
+
+    def __str__(self) -> str:
+        lines = []
+        for e in self.entries:
+            d = e.detail
+            desc = ", ".join(f"{k}={v}" for k, v in d.items()) if isinstance(d, dict) else d
+            lines.append(f"{e.name:<24} {e.type:<18} {desc}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- graph analysis
+_NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, QuantReLU)
+_PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
+                 nn.Dropout, nn.Identity, nn.Upsample)
+_NONNEG_FUNCS = {F.relu, torch.relu, F.relu6, torch.sigmoid, F.sigmoid}
+_PASS_FUNCS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.flatten, F.dropout,
+               torch.reshape, F.interpolate}
+_NONNEG_METHODS = {"relu", "sigmoid"}
+_PASS_METHODS = {"flatten", "view", "reshape", "contiguous", "permute", "transpose"}
+_ADD_FUNCS = {operator.add, torch.add}
+_RELU_FUNCS = {F.relu, torch.relu}
+
+
+def _nonnegative_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value is provably ≥ 0 (interval reasoning on a few op kinds)."""
+    mods = dict(gm.named_modules())
+    nonneg: set[fx.Node] = set()
+
+    def first_in(n: fx.Node) -> bool:
+        return bool(n.args) and isinstance(n.args[0], fx.Node) and n.args[0] in nonneg
+
+    for n in gm.graph.nodes:
+        ok = False
+        if n.op == "call_module":
+            m = mods[n.target]
+            if isinstance(m, nn.Hardtanh):
+                ok = m.min_val >= 0
+            else:
+                ok = isinstance(m, _NONNEG_MODULES) or (isinstance(m, _PASS_MODULES) and first_in(n))
+        elif n.op == "call_function":
+            if n.target in _NONNEG_FUNCS:
+                ok = True
+            elif n.target in _PASS_FUNCS:
+                ok = first_in(n)
+            elif n.target in _ADD_FUNCS or n.target is torch.cat:
+                args = n.args[0] if n.target is torch.cat else n.args[:2]
+                ok = all(isinstance(a, fx.Node) and a in nonneg for a in args)
+        elif n.op == "call_method":
+            ok = n.target in _NONNEG_METHODS or (n.target in _PASS_METHODS and first_in(n))
+        if ok:
+            nonneg.add(n)
+    return nonneg
+
+
+def _unsigned(spec: QuantSpec | None) -> QuantSpec | None:
+    if spec is None or not isinstance(spec.format, IntFormat) or not spec.format.signed:
+        return spec
+    if spec.zero_point != "symmetric":
+        return spec
+    return dataclasses.replace(spec, format=IntFormat(spec.format.bits, signed=False))
+
+
+def _input_unsigned(spec: LayerSpec) -> LayerSpec:
+    return dataclasses.replace(spec, input=_unsigned(spec.input))
+
+
+# ----------------------------------------------------------------- module swapping
+def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def _float_reason(module: nn.Module, recipe: Recipe, name: str) -> str:
+    t = type(module).__name__
+    if recipe.has_entry_for(name, t):
+        return "kept float by the recipe"
+    if type(module) in QUANT_TYPES:
+        return "float (not in the recipe)"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "float: fold it with hwquant.algorithms.fold_bn"
+    if any(True for _ in module.parameters(recurse=False)):
+        return f"unsupported: no quantized {t} yet, stays float"
+    return "float (no arithmetic to quantize)"
+
+
+def _swap_modules(
+    model: nn.Module, recipe: Recipe, unsigned_inputs: set[str], report: QuantizeReport
+) -> None:
+    for name, module in list(model.named_modules()):
+        if not name or next(module.children(), None) is not None or isinstance(module, Quantizer):
+            continue
+        t = type(module).__name__
+        qtype = QUANT_TYPES.get(type(module))
+        spec = recipe.spec_for(name, t) if qtype is not None else None
+        if spec is None:
+            report.entries.append(LayerEntry(name, t, False, _float_reason(module, recipe, name)))
+            continue
+        if name in unsigned_inputs and recipe.unsigned_after_relu:
+            spec = _input_unsigned(spec)
+        _set_submodule(model, name, qtype.from_float(module, spec))
+        report.entries.append(LayerEntry(name, t, True, spec.describe()))
+
+
+def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeReport) -> bool:
+    """Replace functional add / cat / relu nodes by quantized modules."""
+    nonneg = _nonnegative_nodes(gm)
+    relu_spec = recipe.spec_for("", "ReLU") if recipe.by_type else None
+    changed = False
+    for i, n in enumerate(list(gm.graph.nodes)):
+        if n.op != "call_function":
+            continue
+        module: nn.Module | None = None
+        args = n.args
+        if n.target in _ADD_FUNCS and recipe.merge is not None and len(args) == 2 and all(
+            isinstance(a, fx.Node) for a in args
+        ) and not n.kwargs:
+            spec = _input_unsigned(recipe.merge) if n in nonneg else recipe.merge
+            module, kind = QuantAdd(spec), "add"
+        elif n.target is torch.cat and recipe.merge is not None:
+            xs = args[0]
+            dim = args[1] if len(args) > 1 else n.kwargs.get("dim", 0)
+            spec = _input_unsigned(recipe.merge) if n in nonneg else recipe.merge
+            module, kind = QuantCat(spec, dim=dim, n_inputs=len(xs)), "cat"
+            args = (xs,)
+        elif n.target in _RELU_FUNCS and relu_spec is not None and not n.kwargs:
+            module, kind, args = QuantReLU(spec=relu_spec), "relu", args[:1]
+        if module is None:
+            continue
+        name = f"hwquant_{kind}_{i}"
+        gm.add_submodule(name, module)
+        with gm.graph.inserting_after(n):
+            new = gm.graph.call_module(name, args)
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
+        report.entries.append(LayerEntry(name, f"functional {kind}", True, module.layer_spec.describe()))
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return changed
+
+
+def _unsigned_input_modules(gm: fx.GraphModule) -> set[str]:
+    nonneg = _nonnegative_nodes(gm)
+    return {
+        n.target
+        for n in gm.graph.nodes
+        if n.op == "call_module" and n.args and isinstance(n.args[0], fx.Node) and n.args[0] in nonneg
+    }
+
+
+def quantize(model: nn.Module, recipe: Recipe, *, inplace: bool = False) -> nn.Module:
+    """Quantize ``model`` according to ``recipe``; returns the quantized model.
+
+    The model is copied unless ``inplace``. When functional ops had to be
+    rewritten, the result is a ``torch.fx.GraphModule`` (same submodule paths).
+    The report is attached as ``model.hwquant_report`` (a :class:`QuantizeReport`).
+    Activation scales are derived from the first batch the model sees (or from a
+    :func:`calibration` pass); weight scales from the weights.
+    """
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"recipe must be a hwquant.spec.Recipe, got {type(recipe).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = QuantizeReport()
+    unsigned: set[str] = set()
+    gm: fx.GraphModule | None = None
+    try:
+        gm = fx.symbolic_trace(model)
+        report.traced = True
+    except Exception as e:  # noqa: BLE001 - any tracing failure means "no graph"
+        report.trace_error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    if gm is not None:
+        unsigned = _unsigned_input_modules(gm)
+        if _rewrite_functional(gm, recipe, report):
+            model = gm
+    _swap_modules(model, recipe, unsigned, report)
+    for path, q in quantizers(model):
+        q.name = path
+    model.hwquant_report = report
+    return model
+
+
+def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
+    """(path, quantizer) for every Quantizer in ``model``."""
+    for name, m in model.named_modules():
+        if isinstance(m, Quantizer):
+            yield name, m
+
+
+@contextlib.contextmanager
+def calibration(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, activation quantizers only collect statistics (the model
+    runs in float); on exit their scales are set from what they saw.
+
+    >>> from hwquant.models import MLP
+    >>> from hwquant.spec import W4, A8U, Recipe
+    >>> qm = quantize(MLP((8, 4)), Recipe.uniform(weights=W4, activations=A8U))
+    >>> with calibration(qm):
+    ...     _ = qm(torch.rand(16, 8))
+    """
+    qs = [q for _, q in quantizers(model) if not q.dynamic and q.spec.scale.method != "fixed"]
+    for q in qs:
+        q.calibrate()
+    ok = False
+    try:
+        with torch.no_grad():
+            yield model
+        ok = True
+    finally:
+        for q in qs:
+            if ok:
+                q.finish_calibration()
+            else:
+                q.enable()
+
+
+def set_quantization(model: nn.Module, enabled: bool) -> None:
+    """Turn every quantizer of ``model`` off (identity) or back on."""
+    for _, q in quantizers(model):
+        q.enable() if enabled else q.disable()
