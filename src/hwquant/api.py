@@ -59,6 +59,7 @@ class LayerEntry:
     type: str
     quantized: bool
     detail: dict[str, str] | str
+    short: dict[str, str] | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,15 +82,15 @@ class QuantizeReport:
         """A rich table: one row per module, its quantizers' formats."""
         from rich.table import Table
 
-        t = Table(title="hwquant: layers")
-        for col in ("layer", "type", "input", "weight", "bias", "output"):
+        t = Table(title="hwquant: layers (t = per-tensor, ch = per-channel, acc = accumulator scale)")
+        for col in ("layer", "type", "input", "weight", "bias", "output", "note"):
             t.add_column(col)
         for e in self.entries:
-            if isinstance(e.detail, dict):
-                d = e.detail
-                t.add_row(e.name, e.type, d["input"], d["weight"], d["bias"], d["output"])
+            if e.short is not None:
+                d = e.short
+                t.add_row(e.name, e.type, d["input"], d["weight"], d["bias"], d["output"], "")
             else:
-                t.add_row(e.name, e.type, f"[yellow]{e.detail}", "", "", "")
+                t.add_row(e.name, e.type, "", "", "", "", f"[yellow]{e.detail}")
         return t
 
     def __str__(self) -> str:
@@ -168,12 +169,12 @@ def _float_reason(module: nn.Module, recipe: Recipe, name: str) -> str:
     if recipe.has_entry_for(name, t):
         return "kept float by the recipe"
     if type(module) in QUANT_TYPES:
-        return "float (not in the recipe)"
+        return "float: not in the recipe"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "float: fold it with hwquant.algorithms.fold_bn"
     if any(True for _ in module.parameters(recurse=False)):
         return f"unsupported: no quantized {t} yet, stays float"
-    return "float (no arithmetic to quantize)"
+    return "float: no arithmetic"
 
 
 def _swap_modules(
@@ -191,7 +192,7 @@ def _swap_modules(
         if name in unsigned_inputs and recipe.unsigned_after_relu:
             spec = _input_unsigned(spec)
         _set_submodule(model, name, qtype.from_float(module, spec))
-        report.entries.append(LayerEntry(name, t, True, spec.describe()))
+        report.entries.append(LayerEntry(name, t, True, spec.describe(), spec.describe(True)))
 
 
 def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeReport) -> bool:
@@ -225,7 +226,8 @@ def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeRepo
             new = gm.graph.call_module(name, args)
         n.replace_all_uses_with(new)
         gm.graph.erase_node(n)
-        report.entries.append(LayerEntry(name, f"functional {kind}", True, module.layer_spec.describe()))
+        ls = module.layer_spec
+        report.entries.append(LayerEntry(name, f"fn {kind}", True, ls.describe(), ls.describe(True)))
         changed = True
     if changed:
         gm.graph.lint()

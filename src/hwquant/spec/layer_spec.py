@@ -60,11 +60,13 @@ class LayerSpec:
             if self.weight.granularity.kind == "group":
                 raise ValueError("LayerSpec.bias on the accumulator scale cannot use per-group weights")
 
-    def describe(self) -> dict[str, str]:
-        return {
-            k: (getattr(self, k).describe() if getattr(self, k) is not None else "float")
-            for k in ("input", "weight", "bias", "output")
-        }
+    def describe(self, short: bool = False) -> dict[str, str]:
+        """{"input": ..., "weight": ..., "bias": ..., "output": ...} summaries."""
+        out = {}
+        for k in ("input", "weight", "bias", "output"):
+            q = getattr(self, k)
+            out[k] = "float" if q is None else (q.short() if short else q.describe())
+        return out
 
 
 def _pairs(m: Mapping[str, LayerSpec | None] | Iterable) -> tuple[tuple[str, LayerSpec | None], ...]:

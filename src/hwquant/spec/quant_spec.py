@@ -208,6 +208,14 @@ class QuantSpec:
         if isinstance(self.format, BipolarFormat) and self.zero_point != "symmetric":
             raise ValueError("QuantSpec.zero_point must be 'symmetric' for bipolar formats")
 
+    def short(self) -> str:
+        """Compact summary for tables, e.g. ``INT4n/ch`` or ``UINT4/t``."""
+        g = self.granularity
+        tag = {"tensor": "t", "channel": "ch"}.get(g.kind, f"g{g.group_size}")
+        if self.scale.method == "accumulator":
+            tag = "acc"
+        return f"{self.format.name}/{tag}"
+
     def describe(self) -> str:
         """Short human-readable summary, e.g. ``INT4 per-channel(0) max learned``."""
         parts = [self.format.name, str(self.granularity), self.scale.method]

@@ -1,0 +1,128 @@
+"""Fold BatchNorm into the preceding convolution / linear layer.
+
+For y = BN(W x + b) with running statistics μ, σ² and affine γ, β:
+
+    W' = W · γ/√(σ² + ε)   (per output channel)
+    b' = (b − μ) · γ/√(σ² + ε) + β
+
+The BatchNorm is replaced by ``nn.Identity``. Works on float layers and on
+hwquant's quantized layers (learned weight scales are re-derived from the
+folded weights). Pairs are found in the torch.fx graph when the model traces
+(a conv/linear whose only user is a BatchNorm), else in ``nn.Sequential``
+containers (adjacent modules).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).eval()
+    >>> x = torch.randn(2, 1, 5, 5)
+    >>> ref = m(x)
+    >>> report = apply(m)
+    >>> report.folded, bool(torch.allclose(m(x), ref, atol=1e-5))
+    (['0+1'], True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from hwquant.nn.layer import QuantWeightLayer
+
+__all__ = ["FoldBNConfig", "FoldBNReport", "apply", "fold_pair"]
+
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d)
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass(frozen=True)
+class FoldBNConfig:
+    """No options yet; kept so every algorithm has the same signature."""
+
+
+@dataclass
+class FoldBNReport:
+    folded: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"folded": self.folded}
+
+
+@torch.no_grad()
+def fold_pair(layer: nn.Module, bn: _BN) -> None:
+    """Fold ``bn``'s statistics into ``layer``'s weight and bias, in place."""
+    if not isinstance(layer, _FOLDABLE):
+        raise ValueError(f"cannot fold BatchNorm into {type(layer).__name__}")
+    if bn.running_mean is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics")
+    k = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else torch.rsqrt(
+        bn.running_var + bn.eps
+    )
+    beta = bn.bias if bn.affine else torch.zeros_like(k)
+    w = layer.weight
+    transposed = isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d)
+    if transposed and layer.groups != 1:
+        raise ValueError("folding into grouped transposed convolutions is not supported")
+    shape = [1] * w.dim()
+    shape[1 if transposed else 0] = -1
+    w.mul_(k.reshape(shape))
+    b = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+    new_bias = (b - bn.running_mean) * k + beta
+    if layer.bias is None:
+        layer.bias = nn.Parameter(new_bias)
+    else:
+        layer.bias.copy_(new_bias)
+    if isinstance(layer, QuantWeightLayer):
+        layer.reset_weight_scale()
+
+
+def _pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - untraceable: fall back to Sequential scan
+        return None
+    mods = dict(gm.named_modules())
+    pairs = []
+    for n in gm.graph.nodes:
+        if n.op != "call_module" or not isinstance(mods[n.target], _BN):
+            continue
+        src = n.args[0]
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(mods[src.target], _FOLDABLE)
+            and len(src.users) == 1
+        ):
+            pairs.append((src.target, n.target))
+    return pairs
+
+
+def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Sequential):
+            kids = list(m.named_children())
+            for (a, la), (b, lb) in zip(kids, kids[1:], strict=False):
+                if isinstance(la, _FOLDABLE) and isinstance(lb, _BN):
+                    prefix = f"{name}." if name else ""
+                    pairs.append((prefix + a, prefix + b))
+    return pairs
+
+
+def apply(model: nn.Module, data=None, config: FoldBNConfig | None = None) -> FoldBNReport:  # noqa: ANN001
+    """Fold every (conv/linear → BatchNorm) pair of ``model`` in place.
+
+    The model should be in eval mode semantics: the running statistics are used.
+    ``data`` is unused (the signature is shared by all algorithms)."""
+    pairs = _pairs_fx(model)
+    if pairs is None:
+        pairs = _pairs_sequential(model)
+    report = FoldBNReport()
+    for layer_name, bn_name in pairs:
+        fold_pair(model.get_submodule(layer_name), model.get_submodule(bn_name))
+        parent, _, leaf = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+        report.folded.append(f"{layer_name}+{bn_name}")
+    return report
