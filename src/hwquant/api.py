@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from hwquant.nn import QUANT_TYPES, QuantAdd, QuantCat, QuantReLU, Quantizer
+from hwquant.nn import QUANT_TYPES, BiasQuantizer, QuantAdd, QuantCat, QuantReLU, Quantizer
 from hwquant.spec.formats import IntFormat
 from hwquant.spec.layer_spec import LayerSpec, Recipe
 from hwquant.spec.quant_spec import QuantSpec
@@ -286,7 +286,8 @@ def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
 @contextlib.contextmanager
 def calibration(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, activation quantizers only collect statistics (the model
-    runs in float); on exit their scales are set from what they saw.
+    runs in float, weights included); on exit their scales are set from what they
+    saw and quantization is on again.
 
     >>> from hwquant.models import MLP
     >>> from hwquant.spec import W4, A8U, Recipe
@@ -294,7 +295,8 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
     >>> with calibration(qm):
     ...     _ = qm(torch.rand(16, 8))
     """
-    qs = [q for _, q in quantizers(model) if not q.dynamic and q.spec.scale.method != "fixed"]
+    qs = [q for _, q in quantizers(model) if q.role == "activation" and q.spec.scale.method != "fixed"]
+    set_quantization(model, False)  # weights and biases stay float while observing
     for q in qs:
         q.calibrate()
     ok = False
@@ -303,14 +305,14 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
             yield model
         ok = True
     finally:
+        set_quantization(model, True)
         for q in qs:
             if ok:
                 q.finish_calibration()
-            else:
-                q.enable()
 
 
 def set_quantization(model: nn.Module, enabled: bool) -> None:
     """Turn every quantizer of ``model`` off (identity) or back on."""
-    for _, q in quantizers(model):
-        q.enable() if enabled else q.disable()
+    for m in model.modules():
+        if isinstance(m, Quantizer | BiasQuantizer):
+            m.enable() if enabled else m.disable()

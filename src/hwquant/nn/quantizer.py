@@ -97,6 +97,7 @@ class Quantizer(nn.Module):
             self.register_buffer("zero_buf", torch.zeros(self.scale_shape))
         self.register_buffer("initialized", torch.tensor(sc.method == "fixed"))
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
+        self.role = "activation"  # "weight" for quantizers made by for_weight
         self._observed: list[Tensor] = []
         self.register_load_state_dict_post_hook(_after_load)
         self._set_forward()
@@ -107,6 +108,7 @@ class Quantizer(nn.Module):
         """A weight quantizer: learned scales start from ``weight``'s statistics;
         other statistics scales are recomputed from the weight on every call."""
         q = cls(spec, tuple(weight.shape), dynamic=True, name=name)
+        q.role = "weight"
         if spec.scale.learned:
             q.init_from(weight.detach())
         return q
@@ -123,6 +125,10 @@ class Quantizer(nn.Module):
     def scale(self) -> Tensor:
         """The current scale, shaped to broadcast against the tensor (learned scales
         carry gradients; power-of-two learned scales round log2 s straight-through)."""
+        if self.dynamic:
+            raise ValueError(
+                f"quantizer {self.name!r} derives its scale from each tensor: use scale_for(x)"
+            )
         if not self.spec.scale.learned:
             return self.scale_buf
         p = self.scale_param
@@ -294,9 +300,22 @@ class BiasQuantizer(nn.Module):
         self.spec = spec
         self.name = name
         self.grid = make_grid(spec.format, spec.rounding)
+        self._forward = self._forward_quant
 
     def forward(self, bias: Tensor, acc_scale: Tensor) -> Tensor:
+        return self._forward(bias, acc_scale)
+
+    def _forward_quant(self, bias: Tensor, acc_scale: Tensor) -> Tensor:
         return fake_quantize(bias, acc_scale.reshape(-1), None, self.grid)
+
+    def _forward_float(self, bias: Tensor, acc_scale: Tensor) -> Tensor:
+        return bias
+
+    def disable(self) -> None:
+        self._forward = self._forward_float
+
+    def enable(self) -> None:
+        self._forward = self._forward_quant
 
     def extra_repr(self) -> str:
         return f"{self.spec.format.name} scale=input·weight"
