@@ -216,7 +216,7 @@ def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeRepo
             spec = _input_unsigned(recipe.merge) if n in nonneg else recipe.merge
             module, kind = QuantCat(spec, dim=dim, n_inputs=len(xs)), "cat"
             args = (xs,)
-        elif n.target in _RELU_FUNCS and relu_spec is not None and not n.kwargs:
+        elif n.target in _RELU_FUNCS and relu_spec is not None and not n.kwargs.get("inplace"):
             module, kind, args = QuantReLU(spec=relu_spec), "relu", args[:1]
         if module is None:
             continue
