@@ -15,13 +15,13 @@ class Residual(nn.Module):
         self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
         self.branch = nn.Conv2d(4, 2, 1)
         self.head = nn.Linear(6 * 16, 3)
-        self.emb = nn.Embedding(4, 2)  # unsupported: must be reported, not crash
+        self.norm = nn.LayerNorm(6 * 16)  # unsupported: must be reported, not crash
 
     def forward(self, x):
         y = F.relu(self.conv1(x))
         y = self.conv2(y) + x
         z = torch.cat([F.relu(y), self.branch(y)], 1)
-        return self.head(torch.flatten(z, 1))
+        return self.head(self.norm(torch.flatten(z, 1)))
 
 
 def test_quantize_rewrites_functional_ops_and_reports():
@@ -31,8 +31,8 @@ def test_quantize_rewrites_functional_ops_and_reports():
     assert report.traced
     kinds = {type(m) for m in qm.modules()}
     assert {QuantAdd, QuantCat, QuantReLU, QuantConv2d, QuantLinear} <= kinds
-    emb = next(e for e in report.entries if e.name == "emb")
-    assert not emb.quantized and "unsupported" in emb.detail
+    norm = next(e for e in report.entries if e.name == "norm")
+    assert not norm.quantized and "unsupported" in norm.detail
     # conv2's input comes from F.relu: its 8-bit input format becomes unsigned
     assert qm.conv2.input_quant.spec.format == IntFormat(8, signed=False)
     assert qm.conv1.input_quant.spec.format == IntFormat(8, signed=True)

@@ -34,7 +34,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -290,7 +289,3 @@ def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tens
 
     return forward
 
-
-def window_size(kernel_size: int | tuple[int, ...]) -> int:
-    """k² for an int kernel, Π k_i otherwise."""
-    return kernel_size * kernel_size if isinstance(kernel_size, int) else math.prod(kernel_size)
