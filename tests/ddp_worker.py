@@ -36,7 +36,14 @@ def main(out_path: str) -> None:
     if rank == 0:
         diff = max(float((gathered[0] - t).abs().max()) for t in gathered)
         with open(out_path, "w") as f:
-            json.dump({"max_replica_difference": diff, "numel": flat.numel(), "loss": float(loss.detach())}, f)
+            json.dump(
+                {
+                    "max_replica_difference": diff,
+                    "numel": flat.numel(),
+                    "loss": float(loss.detach()),
+                },
+                f,
+            )
     dist.barrier()
     dist.destroy_process_group()
 

@@ -68,8 +68,11 @@ def test_recipe_name_patterns_and_original_untouched():
 
 def test_bad_bias_spec_combination():
     with pytest.raises(ValueError, match="accumulator"):
-        LayerSpec(input=QuantSpec(IntFormat(8), hwquant.per_channel(1)), weight=W4,
-                  bias=hwquant.spec.accumulator_bias())
+        LayerSpec(
+            input=QuantSpec(IntFormat(8), hwquant.per_channel(1)),
+            weight=W4,
+            bias=hwquant.spec.accumulator_bias(),
+        )
 
 
 def test_fold_bn_matches_eval_model():
@@ -95,8 +98,15 @@ def test_fold_bn_into_quantized_layer_keeps_scales_consistent():
 
     m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4)).eval()
     m[1].running_var.fill_(4.0)
-    qm = hwquant.quantize(m, Recipe.uniform(weights=QuantSpec(IntFormat(8), hwquant.per_channel(0),
-                                                            ScaleSpec(learned=True)), activations=None))
+    qm = hwquant.quantize(
+        m,
+        Recipe.uniform(
+            weights=QuantSpec(IntFormat(8), hwquant.per_channel(0), ScaleSpec(learned=True)),
+            activations=None,
+        ),
+    )
     fold_bn.apply(qm)
     w = qm[0].weight
-    torch.testing.assert_close(qm[0].weight_quant.scale().detach().flatten(), w.abs().amax((1, 2, 3)) / 127)
+    torch.testing.assert_close(
+        qm[0].weight_quant.scale().detach().flatten(), w.abs().amax((1, 2, 3)) / 127
+    )

@@ -19,8 +19,14 @@ def test_torch_compile_matches_eager():
     # activations tie inside pooling windows and eager / inductor may route the
     # gradient to different, equally valid, maxima.)
     model = hwquant.quantize(
-        nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
-                      nn.Linear(8 * 16, 10)),
+        nn.Sequential(
+            nn.Conv2d(1, 8, 3),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * 16, 10),
+        ),
         Recipe.uniform(weights=W4, activations=A4U),
     )
     model(x)

@@ -25,8 +25,10 @@ def _int(bits):
 
 
 def _mf(fmt):
-    return (QuantSpec(fmt, per_channel(0), ScaleSpec(learned=True)),
-            QuantSpec(fmt, scale=ScaleSpec(learned=True)))
+    return (
+        QuantSpec(fmt, per_channel(0), ScaleSpec(learned=True)),
+        QuantSpec(fmt, scale=ScaleSpec(learned=True)),
+    )
 
 
 def _train(specs, epochs=12, seed=0):

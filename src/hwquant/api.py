@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from hwquant.nn import QUANT_TYPES, BiasQuantizer, QuantAdd, QuantCat, QuantReLU, Quantizer
+from hwquant.nn import QUANT_TYPES, BiasQuantizer, QuantAdd, QuantCat, Quantizer, QuantReLU
 from hwquant.spec.formats import IntFormat
 from hwquant.spec.layer_spec import LayerSpec, Recipe
 from hwquant.spec.quant_spec import QuantSpec
@@ -78,11 +78,13 @@ class QuantizeReport:
             "entries": [e.to_dict() for e in self.entries],
         }
 
-    def table(self):  # noqa: ANN201 - rich.table.Table
+    def table(self):
         """A rich table: one row per module, its quantizers' formats."""
         from rich.table import Table
 
-        t = Table(title="hwquant: layers (t = per-tensor, ch = per-channel, acc = accumulator scale)")
+        t = Table(
+            title="hwquant: layers (t = per-tensor, ch = per-channel, acc = accumulator scale)"
+        )
         for col in ("layer", "type", "input", "weight", "bias", "output", "note"):
             t.add_column(col)
         for e in self.entries:
@@ -104,11 +106,26 @@ class QuantizeReport:
 
 # ----------------------------------------------------------------- graph analysis
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, QuantReLU)
-_PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
-                 nn.Dropout, nn.Identity, nn.Upsample)
+_PASS_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+    nn.Upsample,
+)
 _NONNEG_FUNCS = {F.relu, torch.relu, F.relu6, torch.sigmoid, F.sigmoid}
-_PASS_FUNCS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.flatten, F.dropout,
-               torch.reshape, F.interpolate}
+_PASS_FUNCS = {
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    torch.flatten,
+    F.dropout,
+    torch.reshape,
+    F.interpolate,
+}
 _NONNEG_METHODS = {"relu", "sigmoid"}
 _PASS_METHODS = {"flatten", "view", "reshape", "contiguous", "permute", "transpose"}
 _ADD_FUNCS = {operator.add, torch.add}
@@ -130,7 +147,9 @@ def _nonnegative_nodes(gm: fx.GraphModule) -> set[fx.Node]:
             if isinstance(m, nn.Hardtanh):
                 ok = m.min_val >= 0
             else:
-                ok = isinstance(m, _NONNEG_MODULES) or (isinstance(m, _PASS_MODULES) and first_in(n))
+                ok = isinstance(m, _NONNEG_MODULES) or (
+                    isinstance(m, _PASS_MODULES) and first_in(n)
+                )
         elif n.op == "call_function":
             if n.target in _NONNEG_FUNCS:
                 ok = True
@@ -205,9 +224,13 @@ def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeRepo
             continue
         module: nn.Module | None = None
         args = n.args
-        if n.target in _ADD_FUNCS and recipe.merge is not None and len(args) == 2 and all(
-            isinstance(a, fx.Node) for a in args
-        ) and not n.kwargs:
+        if (
+            n.target in _ADD_FUNCS
+            and recipe.merge is not None
+            and len(args) == 2
+            and all(isinstance(a, fx.Node) for a in args)
+            and not n.kwargs
+        ):
             spec = _input_unsigned(recipe.merge) if n in nonneg else recipe.merge
             module, kind = QuantAdd(spec), "add"
         elif n.target is torch.cat and recipe.merge is not None:
@@ -227,7 +250,9 @@ def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeRepo
         n.replace_all_uses_with(new)
         gm.graph.erase_node(n)
         ls = module.layer_spec
-        report.entries.append(LayerEntry(name, f"fn {kind}", True, ls.describe(), ls.describe(True)))
+        report.entries.append(
+            LayerEntry(name, f"fn {kind}", True, ls.describe(), ls.describe(True))
+        )
         changed = True
     if changed:
         gm.graph.lint()
@@ -240,7 +265,10 @@ def _unsigned_input_modules(gm: fx.GraphModule) -> set[str]:
     return {
         n.target
         for n in gm.graph.nodes
-        if n.op == "call_module" and n.args and isinstance(n.args[0], fx.Node) and n.args[0] in nonneg
+        if n.op == "call_module"
+        and n.args
+        and isinstance(n.args[0], fx.Node)
+        and n.args[0] in nonneg
     }
 
 
@@ -263,7 +291,7 @@ def quantize(model: nn.Module, recipe: Recipe, *, inplace: bool = False) -> nn.M
     try:
         gm = fx.symbolic_trace(model)
         report.traced = True
-    except Exception as e:  # noqa: BLE001 - any tracing failure means "no graph"
+    except Exception as e:
         report.trace_error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     if gm is not None:
         unsigned = _unsigned_input_modules(gm)
@@ -295,7 +323,9 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
     >>> with calibration(qm):
     ...     _ = qm(torch.rand(16, 8))
     """
-    qs = [q for _, q in quantizers(model) if q.role == "activation" and q.spec.scale.method != "fixed"]
+    qs = [
+        q for _, q in quantizers(model) if q.role == "activation" and q.spec.scale.method != "fixed"
+    ]
     set_quantization(model, False)  # weights and biases stay float while observing
     for q in qs:
         q.calibrate()

@@ -86,5 +86,7 @@ def fit(
         history.append({"epoch": epoch + 1, "loss": total / len(train), "test_accuracy": acc})
         bar.set_postfix(loss=f"{total / len(train):.3f}", acc=f"{acc:.4f}")
         if progress:
-            bar.write(f"epoch {epoch + 1:>2}/{epochs}  loss {total / len(train):.4f}  test acc {acc:.4f}")
+            bar.write(
+                f"epoch {epoch + 1:>2}/{epochs}  loss {total / len(train):.4f}  test acc {acc:.4f}"
+            )
     return FitResult(history[-1]["test_accuracy"], history)

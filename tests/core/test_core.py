@@ -73,14 +73,22 @@ def test_int_quant_matches_qonnx(x, bits, signed, narrow, scale, mode):
     """hwquant's integer fake-quantization equals qonnx's reference Quant op."""
     from qonnx.custom_op.general.intquant import int_quant
 
-    ref = int_quant(x, np.float32(scale), np.float32(0), np.float32(bits), int(signed), int(narrow),
-                    QONNX_NAMES[mode])
+    ref = int_quant(
+        x,
+        np.float32(scale),
+        np.float32(0),
+        np.float32(bits),
+        int(signed),
+        int(narrow),
+        QONNX_NAMES[mode],
+    )
     lo, hi = int_range(bits, signed, narrow)
     q = quantize_int(torch.from_numpy(x), scale, 0.0, lo, hi, ROUNDERS[mode])
     np.testing.assert_allclose(dequantize(q, scale).numpy(), ref, rtol=0, atol=scale * 1e-5)
     g = make_grid(IntFormat(bits, signed, narrow), mode)
-    np.testing.assert_allclose(fake_quantize(torch.from_numpy(x), scale, None, g).numpy(), ref,
-                               rtol=0, atol=scale * 1e-5)
+    np.testing.assert_allclose(
+        fake_quantize(torch.from_numpy(x), scale, None, g).numpy(), ref, rtol=0, atol=scale * 1e-5
+    )
 
 
 @given(x=floats, scale=st.floats(1e-3, 10))
@@ -117,25 +125,38 @@ def test_minifloat_matches_ml_dtypes(fmt):
     }[fmt.name]
     rng = np.random.default_rng(0)
     m = fmt.max_value
-    x = np.concatenate([
-        rng.uniform(-m, m, 20000), rng.standard_normal(20000) * 2.0 ** rng.integers(-12, 4, 20000),
-        np.array(fmt.levels()), (np.array(fmt.levels()[1:]) + np.array(fmt.levels()[:-1])) / 2,
-    ]).astype(np.float32)
+    x = np.concatenate(
+        [
+            rng.uniform(-m, m, 20000),
+            rng.standard_normal(20000) * 2.0 ** rng.integers(-12, 4, 20000),
+            np.array(fmt.levels()),
+            (np.array(fmt.levels()[1:]) + np.array(fmt.levels()[:-1])) / 2,
+        ]
+    ).astype(np.float32)
     x = x[np.abs(x) <= m]
     ref = x.astype(dt).astype(np.float32)
     got = minifloat_quantize(torch.from_numpy(x), fmt).numpy()
     np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.parametrize("fmt", [*MINIFLOATS, MinifloatFormat(3, 2, has_subnormal=False),
-                                 MinifloatFormat(4, 2, bias=3), MinifloatFormat(2, 0)],
-                         ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        *MINIFLOATS,
+        MinifloatFormat(3, 2, has_subnormal=False),
+        MinifloatFormat(4, 2, bias=3),
+        MinifloatFormat(2, 0),
+    ],
+    ids=lambda f: f.name,
+)
 @given(x=floats)
 def test_minifloat_is_nearest_level(fmt, x):
     """NumPy brute force: the result is a representable level at minimal distance."""
     levels = np.array(fmt.levels(), dtype=np.float64)
     xc = np.clip(x.astype(np.float64), -fmt.max_value, fmt.max_value)
-    got = minifloat_quantize(torch.from_numpy(xc.astype(np.float32)), fmt).numpy().astype(np.float64)
+    got = (
+        minifloat_quantize(torch.from_numpy(xc.astype(np.float32)), fmt).numpy().astype(np.float64)
+    )
     assert np.isin(got, levels).all()
     best = np.abs(xc[:, None] - levels[None, :]).min(1)
     np.testing.assert_allclose(np.abs(got - xc), best, rtol=1e-6, atol=1e-30)
@@ -147,7 +168,10 @@ def test_minifloat_overflow_policies():
     nonsat = MinifloatFormat(4, 3, has_nan=True, saturating=False)
     assert torch.isnan(minifloat_quantize(x, nonsat)).all()
     ieee = MinifloatFormat(5, 2, has_inf=True, has_nan=True, saturating=False)
-    assert minifloat_quantize(torch.tensor([1e6, -1e6]), ieee).tolist() == [float("inf"), -float("inf")]
+    assert minifloat_quantize(torch.tensor([1e6, -1e6]), ieee).tolist() == [
+        float("inf"),
+        -float("inf"),
+    ]
 
 
 def test_minifloat_matches_qonnx_float_quant():
@@ -157,8 +181,15 @@ def test_minifloat_matches_qonnx_float_quant():
     rng = np.random.default_rng(1)
     for fmt in (FP8_E4M3FN, FP6_E3M2, FP4_E2M1):
         x = (rng.standard_normal(5000) * 4).astype(np.float32)
-        ref = float_quant(x, np.float32(0.5), fmt.exponent_bits, fmt.mantissa_bits, fmt.bias,
-                          max_val=fmt.max_value, has_subnormal=True)
+        ref = float_quant(
+            x,
+            np.float32(0.5),
+            fmt.exponent_bits,
+            fmt.mantissa_bits,
+            fmt.bias,
+            max_val=fmt.max_value,
+            has_subnormal=True,
+        )
         got = fake_quantize(torch.from_numpy(x), 0.5, None, make_grid(fmt))
         np.testing.assert_array_equal(got.numpy(), ref.astype(np.float32))
 
@@ -171,8 +202,11 @@ def test_pot_matches_numpy(x):
     np.testing.assert_array_equal(pot_round(torch.from_numpy(x), fmt.min_exponent).numpy(), ref)
 
 
-@pytest.mark.parametrize("fmt", [APoTFormat(4), MSQFormat(4), TernaryFormat(), PowerOfTwoFormat(3, True)],
-                         ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "fmt",
+    [APoTFormat(4), MSQFormat(4), TernaryFormat(), PowerOfTwoFormat(3, True)],
+    ids=lambda f: f.name,
+)
 @given(x=floats)
 def test_level_formats_land_on_levels(fmt, x):
     g = make_grid(fmt)

@@ -15,21 +15,17 @@ from hwquant.nn import (
     QuantAdd,
     QuantAvgPool2d,
     QuantCat,
-    QuantConv1d,
     QuantConv2d,
-    QuantConv3d,
-    QuantConvTranspose1d,
-    QuantConvTranspose2d,
+    Quantizer,
     QuantLinear,
     QuantMaxPool2d,
     QuantReLU,
-    Quantizer,
 )
 from hwquant.spec import (
     A8,
+    FP8_E4M3FN,
     W4,
     W8,
-    FP8_E4M3FN,
     IntFormat,
     LayerSpec,
     QuantSpec,
@@ -76,7 +72,9 @@ def test_quantized_equals_float_op_on_quantized_tensors(float_layer, shape):
     s_w = q.weight_quant.scale()
     assert s_w.shape[w_axis] == w.shape[w_axis] and s_w.numel() == w.shape[w_axis]
     wq = fake_quantize(w, s_w, None, make_grid(W4.format))
-    bq = fake_quantize(float_layer.bias.detach(), (s_in * s_w).reshape(-1), None, make_grid(IntFormat(16)))
+    bq = fake_quantize(
+        float_layer.bias.detach(), (s_in * s_w).reshape(-1), None, make_grid(IntFormat(16))
+    )
     ref = copy.deepcopy(float_layer)
     with torch.no_grad():
         ref.weight.copy_(wq)
@@ -100,7 +98,9 @@ def test_per_group_weights():
     for g in range(4):
         block = w[:, 8 * g : 8 * (g + 1)]
         s = block.abs().amax(1, keepdim=True) / 7
-        torch.testing.assert_close(wq[:, 8 * g : 8 * (g + 1)], torch.clamp(torch.round(block / s), -8, 7) * s)
+        torch.testing.assert_close(
+            wq[:, 8 * g : 8 * (g + 1)], torch.clamp(torch.round(block / s), -8, 7) * s
+        )
 
 
 def test_minifloat_and_pot_layers():
@@ -146,7 +146,9 @@ def test_avgpool_is_sum_then_truncate(k):
 
 
 def test_state_dict_roundtrip_is_exact():
-    m = nn.Sequential(QuantConv2d(1, 4, 3, spec=FULL), nn.ReLU(), nn.Flatten(), QuantLinear(4 * 36, 3, spec=FULL))
+    m = nn.Sequential(
+        QuantConv2d(1, 4, 3, spec=FULL), nn.ReLU(), nn.Flatten(), QuantLinear(4 * 36, 3, spec=FULL)
+    )
     x = torch.randn(8, 1, 8, 8)
     opt = torch.optim.SGD(m.parameters(), 0.1)
     for _ in range(3):
@@ -154,7 +156,9 @@ def test_state_dict_roundtrip_is_exact():
         opt.step()
     m.eval()
     ref = m(x)
-    fresh = nn.Sequential(QuantConv2d(1, 4, 3, spec=FULL), nn.ReLU(), nn.Flatten(), QuantLinear(4 * 36, 3, spec=FULL))
+    fresh = nn.Sequential(
+        QuantConv2d(1, 4, 3, spec=FULL), nn.ReLU(), nn.Flatten(), QuantLinear(4 * 36, 3, spec=FULL)
+    )
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
     buf.seek(0)
@@ -194,7 +198,9 @@ def test_scale_methods(method):
     q = Quantizer(QuantSpec(IntFormat(4), scale=ScaleSpec(method, percentile=99.0)))
     q(x)
     s = float(q.scale())
-    assert {"max": x.abs().max() / 7, "percentile": x.abs().quantile(0.99) / 7}.get(method, s) == pytest.approx(s, rel=1e-3)
+    assert {"max": x.abs().max() / 7, "percentile": x.abs().quantile(0.99) / 7}.get(
+        method, s
+    ) == pytest.approx(s, rel=1e-3)
     if method == "mse":  # the MSE-optimal clip beats max scaling
         g = make_grid(IntFormat(4))
         err = lambda s_: (fake_quantize(x, s_, None, g) - x).pow(2).mean()  # noqa: E731
@@ -226,7 +232,9 @@ def test_calibration_mode():
     torch.testing.assert_close(out, qm(x))  # calibration ran the float model
     hwquant.set_quantization(qm, True)
     first = qm.layers[0].input_quant
-    assert float(first.scale()) == pytest.approx(float(x.abs().max() / 127), rel=1e-3)  # P99.99 of 512
+    assert float(first.scale()) == pytest.approx(
+        float(x.abs().max() / 127), rel=1e-3
+    )  # P99.99 of 512
     with pytest.raises(ValueError, match="NaN"), hwquant.calibration(qm):
         qm(torch.full((4, 8), float("nan")))
 

@@ -127,8 +127,16 @@ def test_misspelled_argument_fails():
 
 @pytest.mark.parametrize(
     "fmt",
-    [IntFormat(5, False, True), FP8_E5M2, PowerOfTwoFormat(3, True), APoTFormat(5), MSQFormat(4),
-     BipolarFormat(), TernaryFormat(), MinifloatFormat(3, 2, bias=2, has_subnormal=False)],
+    [
+        IntFormat(5, False, True),
+        FP8_E5M2,
+        PowerOfTwoFormat(3, True),
+        APoTFormat(5),
+        MSQFormat(4),
+        BipolarFormat(),
+        TernaryFormat(),
+        MinifloatFormat(3, 2, bias=2, has_subnormal=False),
+    ],
 )
 def test_serialization_roundtrip(fmt):
     assert format_from_dict(fmt.to_dict()) == fmt

@@ -1,8 +1,8 @@
 import pytest
 
 from hwquant.spec import (
-    W4,
     FP4_E2M1,
+    W4,
     Granularity,
     IntFormat,
     LayerSpec,

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -57,8 +58,10 @@ def fold_pair(layer: nn.Module, bn: _BN) -> None:
         raise ValueError(f"cannot fold BatchNorm into {type(layer).__name__}")
     if bn.running_mean is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
-    k = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else torch.rsqrt(
-        bn.running_var + bn.eps
+    k = (
+        bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine
+        else torch.rsqrt(bn.running_var + bn.eps)
     )
     beta = bn.bias if bn.affine else torch.zeros_like(k)
     w = layer.weight
@@ -81,7 +84,7 @@ def fold_pair(layer: nn.Module, bn: _BN) -> None:
 def _pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     try:
         gm = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - untraceable: fall back to Sequential scan
+    except Exception:
         return None
     mods = dict(gm.named_modules())
     pairs = []
@@ -104,14 +107,14 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
     for name, m in model.named_modules():
         if isinstance(m, nn.Sequential):
             kids = list(m.named_children())
-            for (a, la), (b, lb) in zip(kids, kids[1:], strict=False):
+            for (a, la), (b, lb) in itertools.pairwise(kids):
                 if isinstance(la, _FOLDABLE) and isinstance(lb, _BN):
                     prefix = f"{name}." if name else ""
                     pairs.append((prefix + a, prefix + b))
     return pairs
 
 
-def apply(model: nn.Module, data=None, config: FoldBNConfig | None = None) -> FoldBNReport:  # noqa: ANN001
+def apply(model: nn.Module, data=None, config: FoldBNConfig | None = None) -> FoldBNReport:
     """Fold every (conv/linear → BatchNorm) pair of ``model`` in place.
 
     The model should be in eval mode semantics: the running statistics are used.

@@ -66,7 +66,9 @@ def _levels_fn(levels: tuple[float, ...]) -> Callable[[Tensor], Tensor]:
 def make_grid(fmt: Format, rounding: str = "half_even") -> Grid:
     """The grid of ``fmt`` with rounding ``rounding`` (a name from core.rounding)."""
     r = get_rounding(rounding)
-    if isinstance(fmt, BipolarFormat) or (isinstance(fmt, IntFormat) and fmt.bits == 1 and fmt.signed):
+    if isinstance(fmt, BipolarFormat) or (
+        isinstance(fmt, IntFormat) and fmt.bits == 1 and fmt.signed
+    ):
         return Grid(bipolar_round, -1.0, 1.0)
     if isinstance(fmt, IntFormat | TernaryFormat):
         return Grid(r, fmt.min_value, fmt.max_value)
@@ -98,7 +100,7 @@ def fake_quantize(
     Without autograd (inference, export checks) it runs in place: 1 allocation.
     """
     if not torch.is_grad_enabled() or not (
-        x.requires_grad or isinstance(scale, Tensor) and scale.requires_grad
+        x.requires_grad or (isinstance(scale, Tensor) and scale.requires_grad)
     ):
         v = x / scale
         if zero_point is not None:

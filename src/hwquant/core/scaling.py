@@ -69,7 +69,7 @@ def absmax_rows(rows: Tensor, signed: bool) -> Tensor:
 def percentile_rows(rows: Tensor, p: float, signed: bool) -> Tensor:
     """p-th percentile of |x| (signed) or of max(x, 0) (unsigned) per row."""
     a = rows.abs() if signed else rows.clamp(min=0)
-    k = max(1, min(a.shape[1], int(round(p / 100.0 * a.shape[1]))))
+    k = max(1, min(a.shape[1], round(p / 100.0 * a.shape[1])))
     return a.kthvalue(k, dim=1).values
 
 

@@ -7,6 +7,8 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor, nn
 
 __all__ = ["MLP", "DigitsCNN"]
@@ -39,7 +41,7 @@ class MLP(nn.Module):
     def __init__(self, sizes: tuple[int, ...] = (64, 64, 32, 10), batch_norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 if batch_norm:

@@ -50,8 +50,18 @@ __all__ = [
 QUANT_TYPES: dict[type[nn.Module], type[nn.Module]] = {
     cls.float_type: cls
     for cls in (
-        QuantLinear, QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose1d,
-        QuantConvTranspose2d, QuantReLU, QuantReLU6, QuantHardtanh, QuantSigmoid, QuantTanh,
-        QuantMaxPool2d, QuantAvgPool2d,
+        QuantLinear,
+        QuantConv1d,
+        QuantConv2d,
+        QuantConv3d,
+        QuantConvTranspose1d,
+        QuantConvTranspose2d,
+        QuantReLU,
+        QuantReLU6,
+        QuantHardtanh,
+        QuantSigmoid,
+        QuantTanh,
+        QuantMaxPool2d,
+        QuantAvgPool2d,
     )
 }

@@ -9,7 +9,7 @@ True
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from hwquant.nn.layer import QuantLayer
 from hwquant.nn.quantizer import Quantizer
@@ -22,12 +22,12 @@ __all__ = ["QuantAct", "QuantHardtanh", "QuantReLU", "QuantReLU6", "QuantSigmoid
 class QuantAct(Quantizer):
     """A stand-alone activation quantizer (identity function + quantization)."""
 
-    def __init__(self, spec: QuantSpec, shape=None, name: str = "") -> None:  # noqa: ANN001
+    def __init__(self, spec: QuantSpec, shape=None, name: str = "") -> None:
         super().__init__(spec, shape, name=name)
 
 
 class _QuantActivation(QuantLayer):
-    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._setup_io(spec)
 
@@ -62,5 +62,3 @@ class QuantSigmoid(_QuantActivation, nn.Sigmoid):
 
 class QuantTanh(_QuantActivation, nn.Tanh):
     float_type = nn.Tanh
-
-

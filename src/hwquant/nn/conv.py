@@ -26,7 +26,15 @@ __all__ = [
     "QuantConvTranspose2d",
 ]
 
-_CONV_FIELDS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+_CONV_FIELDS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+)
 
 
 def _conv_kwargs(m: nn.Module) -> dict:
@@ -37,7 +45,7 @@ def _conv_kwargs(m: nn.Module) -> dict:
 
 
 class _QuantConvNd(QuantWeightLayer):
-    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._setup_quant(spec)
 
@@ -67,7 +75,7 @@ class _QuantConvTransposeNd(QuantWeightLayer):
 
     _fn = None
 
-    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         w = spec.weight
         if w is not None and w.granularity.kind == "channel" and w.granularity.axis == 0:
@@ -83,8 +91,14 @@ class _QuantConvTransposeNd(QuantWeightLayer):
             x, output_size, self.stride, self.padding, self.kernel_size, n, self.dilation
         )
         y = type(self)._fn(
-            x, self.quant_weight(), self.quant_bias(), self.stride, self.padding, pad,
-            self.groups, self.dilation,
+            x,
+            self.quant_weight(),
+            self.quant_bias(),
+            self.stride,
+            self.padding,
+            pad,
+            self.groups,
+            self.dilation,
         )
         return self.output_quant(y)
 

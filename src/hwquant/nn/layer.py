@@ -22,12 +22,12 @@ from hwquant.spec.layer_spec import LayerSpec
 __all__ = ["QuantLayer", "QuantWeightLayer", "activation_quantizer"]
 
 
-def activation_quantizer(spec, name: str = "") -> nn.Module:  # noqa: ANN001
+def activation_quantizer(spec, name: str = "") -> nn.Module:
     """A Quantizer for activations, or Identity when ``spec`` is None."""
     return nn.Identity() if spec is None else Quantizer(spec, name=name)
 
 
-def _quantizer_state_missing(module: nn.Module, prefix: str, state_dict) -> bool:  # noqa: ANN001
+def _quantizer_state_missing(module: nn.Module, prefix: str, state_dict) -> bool:
     if not isinstance(module, Quantizer):
         return False
     keys = [prefix + k for k in module.state_dict()]
@@ -49,18 +49,18 @@ class QuantLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.output_quant(super().forward(self.input_quant(x)))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
         self._after_float_load(state_dict, prefix)
 
-    def _after_float_load(self, state_dict, prefix: str) -> None:  # noqa: ANN001
+    def _after_float_load(self, state_dict, prefix: str) -> None:
         pass
 
 
 class QuantWeightLayer(QuantLayer):
     """Adds weight and bias quantizers; subclasses call ``_setup_quant(spec)``."""
 
-    def _setup_quant(self, spec: LayerSpec, weight_spec=None) -> None:  # noqa: ANN001
+    def _setup_quant(self, spec: LayerSpec, weight_spec=None) -> None:
         self._setup_io(spec)
         wspec = weight_spec or spec.weight
         self.weight_quant = (
@@ -98,7 +98,7 @@ class QuantWeightLayer(QuantLayer):
             if isinstance(q, Quantizer) and q.spec.scale.learned:
                 q.init_from(p)
 
-    def _after_float_load(self, state_dict, prefix: str) -> None:  # noqa: ANN001
+    def _after_float_load(self, state_dict, prefix: str) -> None:
         if _quantizer_state_missing(self.weight_quant, prefix + "weight_quant.", state_dict):
             self.reset_weight_scale()
 

@@ -28,15 +28,21 @@ class QuantLinear(QuantWeightLayer, nn.Linear):
         bias: bool = True,
         *,
         spec: LayerSpec,
-        device=None,  # noqa: ANN001
-        dtype=None,  # noqa: ANN001
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._setup_quant(spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output_quant(F.linear(self.input_quant(x), self.quant_weight(), self.quant_bias()))
+        return self.output_quant(
+            F.linear(self.input_quant(x), self.quant_weight(), self.quant_bias())
+        )
 
     @staticmethod
     def float_kwargs(m: nn.Linear) -> dict:
-        return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
+        return {
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "bias": m.bias is not None,
+        }

@@ -32,14 +32,18 @@ class _QuantMerge(nn.Module):
         if spec.shared_input_scale:
             self.input_quant = activation_quantizer(spec.input)
         else:
-            self.input_quants = nn.ModuleList(activation_quantizer(spec.input) for _ in range(n_inputs))
+            self.input_quants = nn.ModuleList(
+                activation_quantizer(spec.input) for _ in range(n_inputs)
+            )
         self.output_quant = activation_quantizer(spec.output)
 
     def _quantize_inputs(self, xs: tuple[Tensor, ...] | list[Tensor]) -> list[Tensor]:
         if self.layer_spec.shared_input_scale:
             return [self.input_quant(x) for x in xs]
         if len(xs) != self.n_inputs:
-            raise ValueError(f"{type(self).__name__} was built for {self.n_inputs} inputs, got {len(xs)}")
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.n_inputs} inputs, got {len(xs)}"
+            )
         return [q(x) for q, x in zip(self.input_quants, xs, strict=True)]
 
 

@@ -37,13 +37,15 @@ class QuantMaxPool2d(QuantLayer, nn.MaxPool2d):
 
     float_type = nn.MaxPool2d
 
-    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._setup_io(spec)
 
     @classmethod
     def from_float(cls, m: nn.MaxPool2d, spec: LayerSpec) -> QuantMaxPool2d:
-        return cls(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode, spec=spec)
+        return cls(
+            m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode, spec=spec
+        )
 
 
 class QuantAvgPool2d(QuantLayer, nn.AvgPool2d):
@@ -51,7 +53,7 @@ class QuantAvgPool2d(QuantLayer, nn.AvgPool2d):
 
     float_type = nn.AvgPool2d
 
-    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         inp = spec.input
         if inp is None or not isinstance(inp.format, IntFormat) or inp.zero_point != "symmetric":
@@ -72,8 +74,15 @@ class QuantAvgPool2d(QuantLayer, nn.AvgPool2d):
         x = iq(x)
         s = iq.scale()
         q = round_ste(x / s)  # integer codes (exact despite float round-off)
-        acc = F.avg_pool2d(q, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                           self.count_include_pad, divisor_override=1)  # window sums
+        acc = F.avg_pool2d(
+            q,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            divisor_override=1,
+        )  # window sums
         shift = 2.0**self.trunc_bits
         y = round_ste(acc / shift, torch.floor) * (s * (shift / self.window))
         return self.output_quant(y)

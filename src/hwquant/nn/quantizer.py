@@ -87,7 +87,9 @@ class Quantizer(nn.Module):
         sc = spec.scale
         self.log2 = sc.learned and (sc.log2_domain or sc.power_of_two)
         if sc.learned:
-            self.scale_param = nn.Parameter(torch.zeros(self.scale_shape) if self.log2 else torch.ones(self.scale_shape))
+            self.scale_param = nn.Parameter(
+                torch.zeros(self.scale_shape) if self.log2 else torch.ones(self.scale_shape)
+            )
         else:
             value = sc.value if sc.method == "fixed" else 1.0
             self.register_buffer("scale_buf", torch.full(self.scale_shape, float(value)))
@@ -258,14 +260,17 @@ class Quantizer(nn.Module):
             stat = torch.stack([rows.amin(1), rows.amax(1)], dim=1)
             if self._observed:
                 prev = self._observed[0]
-                stat = torch.stack([torch.minimum(prev[:, 0], stat[:, 0]), torch.maximum(prev[:, 1], stat[:, 1])], 1)
+                stat = torch.stack(
+                    [torch.minimum(prev[:, 0], stat[:, 0]), torch.maximum(prev[:, 1], stat[:, 1])],
+                    1,
+                )
             self._observed = [stat]
         return x
 
     def _forward_float(self, x: Tensor) -> Tensor:
         return x
 
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         # A float checkpoint carries no quantizer entries: keep this quantizer's
         # state (its layer re-derives weight scales) instead of reporting them missing.
         if any(k.startswith(prefix) for k in state_dict):
@@ -275,7 +280,7 @@ class Quantizer(nn.Module):
         return self.spec.describe() + (" dynamic" if self.dynamic else "")
 
 
-def _after_load(module: Quantizer, incompatible_keys) -> None:  # noqa: ANN001
+def _after_load(module: Quantizer, incompatible_keys) -> None:
     module._set_forward()
 
 

@@ -143,7 +143,6 @@ class IntFormat(Format):
         return f"{'' if self.signed else 'U'}INT{self.bits}{'n' if self.narrow else ''}"
 
 
-
 @dataclass(frozen=True)
 class MinifloatFormat(Format):
     """ExMy minifloat: 1 sign bit, E exponent bits, M mantissa bits.
@@ -308,7 +307,6 @@ class PowerOfTwoFormat(Format):
         return f"POT{self.bits}{'z' if self.has_zero else ''}"
 
 
-
 def _normalized(mags: set[float]) -> tuple[float, ...]:
     top = max(mags)
     return tuple(sorted(m / top for m in mags))
@@ -339,7 +337,6 @@ class _LevelFormat(Format):
     def levels(self) -> tuple[float, ...]:
         mags = self.magnitudes()
         return tuple([-m for m in reversed(mags) if m > 0] + list(mags))
-
 
 
 @dataclass(frozen=True)

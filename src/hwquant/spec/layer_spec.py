@@ -56,9 +56,13 @@ class LayerSpec:
                     "LayerSpec.bias on the accumulator scale needs both input and weight quantizers"
                 )
             if self.input.granularity.kind != "tensor":
-                raise ValueError("LayerSpec.bias on the accumulator scale needs a per-tensor input scale")
+                raise ValueError(
+                    "LayerSpec.bias on the accumulator scale needs a per-tensor input scale"
+                )
             if self.weight.granularity.kind == "group":
-                raise ValueError("LayerSpec.bias on the accumulator scale cannot use per-group weights")
+                raise ValueError(
+                    "LayerSpec.bias on the accumulator scale cannot use per-group weights"
+                )
 
     def describe(self, short: bool = False) -> dict[str, str]:
         """{"input": ..., "weight": ..., "bias": ..., "output": ...} summaries."""
@@ -69,7 +73,9 @@ class LayerSpec:
         return out
 
 
-def _pairs(m: Mapping[str, LayerSpec | None] | Iterable) -> tuple[tuple[str, LayerSpec | None], ...]:
+def _pairs(
+    m: Mapping[str, LayerSpec | None] | Iterable,
+) -> tuple[tuple[str, LayerSpec | None], ...]:
     items = m.items() if isinstance(m, Mapping) else m
     out = tuple((str(k), v) for k, v in items)
     for k, v in out:
@@ -124,7 +130,7 @@ class Recipe:
         weights: QuantSpec,
         activations: QuantSpec | None,
         *,
-        bias: QuantSpec | None | str = "accumulator",
+        bias: QuantSpec | str | None = "accumulator",
         activation_outputs: bool = False,
         keep_float: Iterable[str] = (),
         by_name: Mapping[str, LayerSpec | None] | None = None,
@@ -137,7 +143,11 @@ class Recipe:
         on the accumulator scale when inputs are quantized per tensor, else float)."""
         if bias == "accumulator":
             per_tensor_in = activations is not None and activations.granularity.kind == "tensor"
-            bias = accumulator_bias(32) if per_tensor_in and weights.granularity.kind != "group" else None
+            bias = (
+                accumulator_bias(32)
+                if per_tensor_in and weights.granularity.kind != "group"
+                else None
+            )
         layer = LayerSpec(input=activations, weight=weights, bias=bias)
         act = LayerSpec(input=activations)
         by_type: dict[str, LayerSpec | None] = {"AvgPool2d": act, "AdaptiveAvgPool2d": act}

@@ -109,7 +109,7 @@ class Granularity:
             raise ValueError(
                 f"Granularity.group_size={g} does not divide dimension {axis} of size {n}"
             )
-        return shape[:axis] + (n // g, g) + shape[axis + 1 :]
+        return (*shape[:axis], n // g, g, *shape[axis + 1 :])
 
     def _axis(self, shape: tuple[int, ...]) -> int:
         if not -len(shape) <= self.axis < len(shape):
@@ -168,7 +168,9 @@ class ScaleSpec:
         if self.method == "fixed":
             v = self.value
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise ValueError(f"ScaleSpec.value must be a positive number for 'fixed', got {v!r}")
+                raise ValueError(
+                    f"ScaleSpec.value must be a positive number for 'fixed', got {v!r}"
+                )
         elif self.value is not None:
             raise ValueError("ScaleSpec.value is only used with method='fixed'")
         for name in ("learned", "log2_domain", "power_of_two"):
@@ -196,7 +198,9 @@ class QuantSpec:
         if not isinstance(self.format, Format):
             raise ValueError(f"QuantSpec.format must be a Format, got {self.format!r}")
         if not isinstance(self.granularity, Granularity):
-            raise ValueError(f"QuantSpec.granularity must be a Granularity, got {self.granularity!r}")
+            raise ValueError(
+                f"QuantSpec.granularity must be a Granularity, got {self.granularity!r}"
+            )
         if not isinstance(self.scale, ScaleSpec):
             raise ValueError(f"QuantSpec.scale must be a ScaleSpec, got {self.scale!r}")
         _one_of("QuantSpec", "zero_point", self.zero_point, ZERO_POINTS)

@@ -1,0 +1,24 @@
+"""Fast smoke versions of the benchmarks (the real runs live in benchmarks/)."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+
+def _load(name):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_qat_step_benchmark_smoke():
+    b = _load("qat_step")
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    res = b.pair(b.mlp, x, y, steps=2, compile_=False)
+    assert res["float_ms"] > 0 and res["ratio"] > 0
+    assert b.cnn()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    fq = b.fake_quant_throughput(n=1 << 12, reps=1)
+    assert fq["int4_vs_clone"] > 0
