@@ -18,15 +18,15 @@ demo: $(STAMP)
 	$(PY) -m hwquant.cli.main demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks $(wildcard examples)
 	$(PY) -m pytest -q -m "not slow and not gpu" --doctest-modules src/hwquant tests
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks $(wildcard examples)
+	$(VENV)/bin/ruff format --check src tests benchmarks $(wildcard examples)
 
 bench: $(STAMP)
 	$(PY) benchmarks/qat_step.py
