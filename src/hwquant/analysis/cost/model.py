@@ -1,0 +1,248 @@
+"""Torch model → LayerRecords: one forward pass with hooks on a copy of the model.
+
+The forward runs on a deep copy, so uncalibrated activation quantizers that set
+their scale on a first call do not take it from the dummy input. Hooks record each
+weight layer's input / output shapes, and the order of activation quantizer calls:
+the first activation quantizer that runs after a layer is the one FINN folds into
+that layer as thresholds (its bit width is B in the MVAU estimate).
+
+>>> import torch
+>>> from hwquant.nn import QuantLinear
+>>> from hwquant.spec import A4U, W4, LayerSpec
+>>> net = torch.nn.Sequential(QuantLinear(16, 8, spec=LayerSpec(input=A4U, weight=W4)))
+>>> [(r.name, r.MW, r.MH, r.input_format.name) for r in records_from_module(net, (1, 16))]
+[('0', 16, 8, 'UINT4')]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwquant.analysis.cost.records import LayerRecord, integer_grid
+from hwquant.spec.formats import Format
+
+__all__ = ["WEIGHT_LAYER_TYPES", "load_checkpoint", "records_from_module"]
+
+WEIGHT_LAYER_TYPES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _quant_format(q: nn.Module | None) -> Format | None:
+    """The format of a quantizer module (duck-typed: anything with ``spec.format``)."""
+    spec = getattr(q, "spec", None)
+    return getattr(spec, "format", None)
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(input_shape) if input_shape is not None else ()
+    if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+        raise ValueError(
+            f"input_shape must be positive ints with a batch dimension first, "
+            f"e.g. (1, 1, 8, 8); got {input_shape!r}"
+        )
+    return shape
+
+
+def records_from_module(model: nn.Module, input_shape: Sequence[int]) -> list[LayerRecord]:
+    """One LayerRecord per weight-layer call, in execution order (costs per frame:
+    the batch dimension of ``input_shape`` is divided out)."""
+    shape = _check_shape(input_shape)
+    work = copy.deepcopy(model).eval()
+    layers = {m: name for name, m in work.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)}
+    if not layers:
+        raise ValueError("the model has no Linear / Conv / ConvTranspose layers to cost")
+    owned = {id(getattr(m, a, None)) for m in layers for a in ("weight_quant", "bias_quant")}
+    events: list[tuple[str, object]] = []
+    hooks = []
+
+    def on_layer(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        events.append(("layer", (module, tuple(args[0].shape), tuple(out.shape))))
+
+    def on_quant(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        events.append(("quant", module))
+
+    try:
+        for m in layers:
+            hooks.append(m.register_forward_hook(on_layer))
+        for m in work.modules():
+            if _quant_format(m) is not None and id(m) not in owned and m not in layers:
+                hooks.append(m.register_forward_hook(on_quant))
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            work(torch.rand(shape, generator=gen))
+    finally:
+        for h in hooks:
+            h.remove()
+    return _records_from_events(events, layers, batch=shape[0])
+
+
+def _records_from_events(events: list, layers: dict, batch: int) -> list[LayerRecord]:
+    records: list[LayerRecord] = []
+    seen: dict[str, int] = {}
+    for i, (kind, payload) in enumerate(events):
+        if kind != "layer":
+            continue
+        module, in_shape, out_shape = payload
+        name = layers[module] or "model"
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"
+        out_bits = _own_output_bits(module)
+        if out_bits is None:
+            out_bits = _next_quant_bits(events[i + 1 :])
+        records.append(_record(module, name, in_shape, out_shape, batch, out_bits))
+    return records
+
+
+def _own_output_bits(module: nn.Module) -> int | None:
+    fmt = _quant_format(getattr(module, "output_quant", None))
+    return fmt.bits if fmt is not None else None
+
+
+def _next_quant_bits(later: list) -> int | None:
+    for kind, payload in later:
+        if kind == "quant":
+            return _quant_format(payload).bits
+    return None
+
+
+def _record(
+    module: nn.Module,
+    name: str,
+    in_shape: tuple,
+    out_shape: tuple,
+    batch: int,
+    out_bits: int | None,
+) -> LayerRecord:
+    wq = getattr(module, "weight_quant", None)
+    weight_format = _quant_format(wq)
+    input_format = _quant_format(getattr(module, "input_quant", None))
+    w = module.weight.detach()
+    geometry = _geometry(module, in_shape, out_shape)
+    q = _integer_weights(module, weight_format) if weight_format is not None else None
+    n_zero = int((q == 0).sum()) if q is not None else int((w == 0).sum())
+    a2q = getattr(wq, "accumulator_bits", None)
+    notes = []
+    if input_format is None:
+        notes.append("float input (no input quantizer)")
+    if weight_format is None:
+        notes.append("float weights (no weight quantizer)")
+    return LayerRecord(
+        name=name,
+        **geometry,
+        n_weights=w.numel(),
+        n_zero_weights=n_zero,
+        weight_format=weight_format,
+        input_format=input_format,
+        out_bits=out_bits,
+        q=q,
+        a2q_bits=int(a2q) if isinstance(a2q, int) and not isinstance(a2q, bool) else None,
+        input_elems=math.prod(in_shape) // batch,
+        output_elems=math.prod(out_shape) // batch,
+        notes=notes,
+    )
+
+
+def _geometry(m: nn.Module, in_shape: tuple, out_shape: tuple) -> dict:
+    """op, MW, MH, n_pix, fan_in of a layer call."""
+    if isinstance(m, nn.Linear):
+        n_pix = math.prod(out_shape[1:-1])
+        return {
+            "op": "linear",
+            "MW": m.in_features,
+            "MH": m.out_features,
+            "n_pix": n_pix,
+            "fan_in": m.in_features,
+        }
+    k = math.prod(m.kernel_size)
+    g = m.groups
+    if isinstance(m, _TRANSPOSED):
+        # per input position, C_in/g inputs feed C_out·k outputs; an output sums at most
+        # C_in/g · Π⌈k_i/s_i⌉ products
+        fan_in = (
+            m.in_channels
+            // g
+            * math.prod(math.ceil(ki / si) for ki, si in zip(m.kernel_size, m.stride, strict=True))
+        )
+        return {
+            "op": "conv_transpose",
+            "MW": m.in_channels // g,
+            "MH": m.out_channels * k,
+            "n_pix": math.prod(in_shape[2:]),
+            "fan_in": fan_in,
+        }
+    n_pix = math.prod(out_shape[2:])
+    if g > 1 and g == m.in_channels == m.out_channels:
+        return {"op": "depthwise_conv", "MW": k, "MH": m.out_channels, "n_pix": n_pix, "fan_in": k}
+    return {
+        "op": "conv",
+        "MW": m.in_channels // g * k,
+        "MH": m.out_channels,
+        "n_pix": n_pix,
+        "fan_in": m.in_channels // g * k,
+    }
+
+
+def _integer_weights(m: nn.Module, fmt: Format) -> np.ndarray | None:
+    """[C_out, K] integer weights (on the format's integer grid), or None."""
+    grid = integer_grid(fmt)
+    if grid is None or not hasattr(m, "quant_weight"):
+        return None
+    wq = m.weight_quant
+    try:
+        with torch.no_grad():
+            x = m.quant_weight().detach().float()
+            s = wq.scale_for(m.weight) if hasattr(wq, "scale_for") else wq.scale()
+            s = s.detach().float()
+            view = getattr(wq, "_group_view", None) if getattr(wq, "_grouped", False) else None
+            q = (x.reshape(view) / s).reshape(x.shape) if view else x / s
+    except (AttributeError, RuntimeError, TypeError):
+        return None  # a quantizer without a usable scale: weight-based bounds are skipped
+    q = q.numpy().astype(np.float64) * grid[0]
+    qi = np.round(q)
+    if np.abs(q - qi).max(initial=0.0) > 1e-3:
+        return None  # e.g. an asymmetric zero point: no plain integer weights
+    return _rows_per_output(m, qi)
+
+
+def _rows_per_output(m: nn.Module, q: np.ndarray) -> np.ndarray:
+    if not isinstance(m, _TRANSPOSED):
+        return q.reshape(q.shape[0], -1)
+    # transposed conv weight: [C_in, C_out/g, k...]; output channel j·(C_out/g) + o of
+    # group j sums weights [j·C_in/g:(j+1)·C_in/g, o, :]
+    g = m.groups
+    cin_g, cout_g = q.shape[0] // g, q.shape[1]
+    rows = [q[j * cin_g : (j + 1) * cin_g, o].reshape(-1) for j in range(g) for o in range(cout_g)]
+    return np.stack(rows)
+
+
+def load_checkpoint(path: str) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """(model, input_shape or None) from a hwquant checkpoint (``torch.save`` of
+    ``{"model": module, "input_shape": ...}``) or a pickled module. Loading unpickles
+    code: only open checkpoints you trust."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"cannot load checkpoint {path}: {e}") from None
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
+        shape = obj.get("input_shape")
+        return obj["model"], tuple(int(n) for n in shape) if shape is not None else None
+    raise ValueError(
+        f"{path} is not a hwquant checkpoint: expected an nn.Module or a dict with a 'model' module"
+    )

@@ -1,0 +1,68 @@
+"""``hwquant verify``: run an exported graph against its torch model.
+
+>>> import argparse
+>>> p = argparse.ArgumentParser(); sub = p.add_subparsers()
+>>> add_parser(sub)
+>>> p.parse_args(["verify", "m.pt", "m.onnx"]).n
+1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwquant.cli.export import load_checkpoint
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="compare an exported graph with torch "
+                       "(qonnx, onnxruntime, hls4ml)")
+    p.add_argument("checkpoint", help="the model the graph was exported from")
+    p.add_argument("graph", help="the exported .onnx (QONNX or QCDQ)")
+    p.add_argument("-n", "--n", type=int, default=1000, help="random N(0,1) inputs (default 1000)")
+    p.add_argument("--inputs", help="inputs as .npy or .pt instead of random ones")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backends", default="qonnx,onnxruntime,hls4ml",
+                   help="comma-separated subset of qonnx,onnxruntime,hls4ml")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def _input_shape(graph: str) -> tuple[int, ...]:
+    import onnx
+
+    dims = onnx.load(graph).graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value for d in dims[1:])
+
+
+def _load_inputs(path: str) -> torch.Tensor:
+    if path.endswith(".npy"):
+        return torch.from_numpy(np.load(path)).float()
+    obj = torch.load(path, weights_only=True)
+    if not isinstance(obj, torch.Tensor):
+        raise ValueError(f"{path} holds no tensor")
+    return obj.float()
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwquant.export import verify
+
+    if not Path(args.graph).is_file():
+        raise ValueError(f"no exported graph at {args.graph}")
+    model, _ = load_checkpoint(args.checkpoint)
+    if args.inputs:
+        x = _load_inputs(args.inputs)
+    else:
+        gen = torch.Generator().manual_seed(args.seed)
+        x = torch.randn((args.n, *_input_shape(args.graph)), generator=gen)
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    report = verify(model, args.graph, x, backends=backends)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0 if report.passed else 1

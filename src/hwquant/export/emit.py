@@ -1,0 +1,313 @@
+"""The export pass: quantizers emit QONNX operators while the model is traced.
+
+Nothing here is checked in a layer's ``forward``. During export, the context
+manager :func:`emitting` sets the state slots the modules already have
+(``Quantizer._forward``, ``QuantWeightLayer.quant_bias``) and, for average
+pooling, the instance's ``forward``, to functions that call
+``torch.onnx.ops.symbolic("qonnx.custom_op.general::Quant", ...)``; everything is
+restored in ``finally``. Which operator a quantizer becomes is chosen by a
+registry keyed by its number format (:func:`quant_emitter`):
+
+- ``IntFormat`` / ``TernaryFormat`` → ``Quant(x, s, z, bits)``
+  (y = (round(clamp(x/s + z, q_min, q_max)) − z)·s, the same formula as
+  :func:`hwquant.core.grid.fake_quantize`);
+- ``BipolarFormat`` (and 1-bit signed integers) → ``BipolarQuant(x, s)``;
+- ``MinifloatFormat`` → ``FloatQuant(x, s, E, M, bias, max)``;
+- ``QuantAvgPool2d`` → ``Quant → AveragePool → Trunc`` (sum of codes, drop
+  t = ⌈log2 k²⌉ LSBs, module docstring of :mod:`hwquant.nn.pool`).
+
+Scales, zero points and bit widths are computed *before* tracing, from the
+current state (dynamic weight quantizers from the weight), and enter the graph as
+constants, so the exported graph holds only constant quantization parameters.
+
+>>> import torch
+>>> from hwquant.nn import QuantLinear
+>>> from hwquant.spec import A8, W4, LayerSpec
+>>> layer = QuantLinear(4, 2, spec=LayerSpec(input=A8, weight=W4)).eval()
+>>> _ = layer(torch.randn(8, 4))  # initializes the input scale
+>>> with emitting(layer):
+...     pass  # torch.onnx.export(layer, ...) here writes Quant nodes
+>>> layer.input_quant._forward == layer.input_quant._forward_static
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwquant.core.rounding import QONNX_NAMES
+from hwquant.nn.layer import QuantWeightLayer
+from hwquant.nn.pool import QuantAvgPool2d
+from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.spec.formats import (
+    BipolarFormat,
+    Format,
+    IntFormat,
+    MinifloatFormat,
+    TernaryFormat,
+)
+from hwquant.spec.quant_spec import QuantSpec
+
+__all__ = [
+    "GROUP_KEY",
+    "PATH_KEY",
+    "QONNX_DOMAIN",
+    "QONNX_OPSET",
+    "SPEC_KEY",
+    "QuantParams",
+    "emitting",
+    "quant_emitter",
+]
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+#: Trunc v2 (6 inputs) needs opset 2 of the qonnx domain (REFERENCE.md §4).
+QONNX_OPSET = 2
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Constant parameters of one quantizer, ready to become initializers.
+
+    ``scale`` / ``zero_point`` broadcast against the quantized tensor (per-group
+    scales are expanded to the tensor's own rank)."""
+
+    path: str
+    spec: QuantSpec
+    scale: Tensor
+    zero_point: Tensor | None
+
+
+Emitter = Callable[[Tensor, QuantParams], Tensor]
+_EMITTERS: dict[type[Format], Emitter] = {}
+
+
+def quant_emitter(*formats: type[Format]) -> Callable[[Emitter], Emitter]:
+    """Register the function that writes the ONNX node(s) for quantizers of ``formats``."""
+
+    def register(fn: Emitter) -> Emitter:
+        for f in formats:
+            _EMITTERS[f] = fn
+        return fn
+
+    return register
+
+
+def _emitter_for(p: QuantParams) -> Emitter:
+    fmt = p.spec.format
+    if isinstance(fmt, IntFormat) and fmt.bits == 1 and fmt.signed:
+        return _emit_bipolar
+    fn = _EMITTERS.get(type(fmt))
+    if fn is None:
+        raise ValueError(
+            f"{p.path}: format {fmt.name} ({type(fmt).__name__}) cannot be exported: QONNX "
+            f"and QCDQ have no operator for it (exportable: "
+            f"{sorted(t.__name__ for t in _EMITTERS)})"
+        )
+    if p.spec.rounding not in QONNX_NAMES:
+        raise ValueError(f"{p.path}: rounding {p.spec.rounding!r} has no QONNX rounding_mode")
+    return fn
+
+
+#: node metadata key holding the module path of the quantizer that wrote the node.
+PATH_KEY = "hwquant.module"
+#: node metadata key holding ``QuantSpec.describe()`` / the per-group layout.
+SPEC_KEY = "hwquant.spec"
+GROUP_KEY = "hwquant.group"
+
+
+def _symbolic(
+    op: str, inputs: tuple[Tensor, ...], attrs: dict, like: Tensor, meta: dict[str, str]
+) -> Tensor:
+    return torch.onnx.ops.symbolic(
+        f"{QONNX_DOMAIN}::{op}", inputs, attrs, dtype=like.dtype, shape=like.shape,
+        version=QONNX_OPSET, metadata_props=meta,
+    )
+
+
+def _meta(p: QuantParams) -> dict[str, str]:
+    meta = {PATH_KEY: p.path, SPEC_KEY: p.spec.describe()}
+    g = p.spec.granularity
+    if g.kind == "group":
+        meta[GROUP_KEY] = f"{g.axis},{g.group_size}"
+    return meta
+
+
+def _const(v: float) -> Tensor:
+    return torch.tensor(float(v), dtype=torch.float32)
+
+
+@quant_emitter(IntFormat, TernaryFormat)
+def _emit_int(x: Tensor, p: QuantParams) -> Tensor:
+    fmt = p.spec.format
+    narrow = isinstance(fmt, TernaryFormat) or bool(getattr(fmt, "narrow", False))
+    z = p.zero_point if p.zero_point is not None else _const(0.0)
+    attrs = {
+        "signed": int(fmt.signed),
+        "narrow": int(narrow),
+        "rounding_mode": QONNX_NAMES[p.spec.rounding],
+    }
+    return _symbolic("Quant", (x, p.scale, z, _const(fmt.bits)), attrs, x, _meta(p))
+
+
+@quant_emitter(BipolarFormat)
+def _emit_bipolar(x: Tensor, p: QuantParams) -> Tensor:
+    return _symbolic("BipolarQuant", (x, p.scale), {}, x, _meta(p))
+
+
+@quant_emitter(MinifloatFormat)
+def _emit_float(x: Tensor, p: QuantParams) -> Tensor:
+    fmt: MinifloatFormat = p.spec.format  # type: ignore[assignment]
+    attrs = {
+        "has_inf": int(fmt.has_inf),
+        "has_nan": int(fmt.has_nan),
+        "has_subnormal": int(fmt.has_subnormal),
+        # hwquant's Quantizer clamps to ±max before rounding (core.grid), so the
+        # traced model always saturates, whatever fmt.saturating says.
+        "saturation": 1,
+        "rounding_mode": QONNX_NAMES[p.spec.rounding],
+    }
+    inputs = (
+        x, p.scale, _const(fmt.exponent_bits), _const(fmt.mantissa_bits), _const(fmt.bias),
+        _const(fmt.max_value),
+    )
+    return _symbolic("FloatQuant", inputs, attrs, x, _meta(p))
+
+
+# ---------------------------------------------------------------- constant parameters
+def _expand_groups(s: Tensor, spec: QuantSpec, shape: tuple[int, ...]) -> Tensor:
+    """Per-group scale [.., n_groups, 1, ..] (grouped view) → [.., n, 1, ..] (tensor rank)."""
+    g = spec.granularity
+    axis = g.axis % len(shape)
+    full = s.repeat_interleave(g.group_size, dim=axis)
+    return full.reshape(shape[: axis + 1] + (1,) * (len(shape) - axis - 1))
+
+
+def _params(q: Quantizer, path: str, tensor: Tensor | None) -> QuantParams:
+    """The quantizer's constants; ``tensor`` is the weight a dynamic quantizer sees."""
+    with torch.no_grad():
+        if q.dynamic:
+            if tensor is None:
+                raise ValueError(
+                    f"{path}: dynamic quantizer of a tensor export cannot see (only weights and "
+                    "biases of hwquant layers may use statistics scales)"
+                )
+            s, z = q._stats(tensor)
+        else:
+            s, z = q.scale(), q.zero_point()
+        s = s.detach().float().clone()
+        z = None if z is None else z.detach().float().clone()
+    if q.spec.granularity.kind == "group":
+        s = _expand_groups(s, q.spec, q.shape)
+        z = None if z is None else _expand_groups(z, q.spec, q.shape)
+    return QuantParams(path, q.spec, s, z)
+
+
+def _check_ready(q: Quantizer, path: str) -> None:
+    f = q._forward
+    if f == q._forward_init:
+        raise ValueError(
+            f"{path}: quantizer has no scale yet; calibrate it or run the model on data "
+            "before exporting"
+        )
+    if f == q._forward_observe:
+        raise ValueError(f"{path}: quantizer is calibrating; call finish_calibration() first")
+
+
+# ---------------------------------------------------------------- the context manager
+@contextlib.contextmanager
+def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
+    """Within the block, quantizers of ``model`` emit QONNX operators when called.
+
+    Yields {module path: QuantParams} of every emitting quantizer. Disabled
+    quantizers stay identities. Raises ``ValueError`` naming the module path for
+    what QONNX cannot express (power-of-two / APoT / MSQ codes, stochastic
+    rounding) and for quantizers without a scale yet."""
+    saved: list[tuple[nn.Module, str, object]] = []
+    params: dict[str, QuantParams] = {}
+    try:
+        for path, module in model.named_modules():
+            if isinstance(module, QuantWeightLayer):
+                _emit_layer_params(module, path, saved, params)
+            elif isinstance(module, Quantizer):
+                _emit_quantizer(module, path, None, saved, params)
+            if isinstance(module, QuantAvgPool2d):
+                _set(saved, module, "forward", _avgpool_emitter(module, path))
+        yield params
+    finally:
+        for obj, name, old in reversed(saved):
+            if old is _MISSING:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, old)
+
+
+_MISSING = object()
+
+
+def _set(saved: list, obj: nn.Module, name: str, value: object) -> None:
+    saved.append((obj, name, obj.__dict__.get(name, _MISSING)))
+    # object.__setattr__: a plain instance attribute (nn.Module would not let a
+    # function shadow a method otherwise), removed again in ``emitting``'s finally.
+    object.__setattr__(obj, name, value)
+
+
+def _emit_quantizer(
+    q: Quantizer, path: str, tensor: Tensor | None, saved: list, params: dict
+) -> None:
+    if path in params or q._forward == q._forward_float:
+        return
+    _check_ready(q, path)
+    p = _params(q, path, tensor)
+    fn = _emitter_for(p)
+    params[path] = p
+    _set(saved, q, "_forward", lambda x: fn(x, p))
+
+
+def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: dict) -> None:
+    """Weight / bias quantizers see their parameter; accumulator-scale biases get
+    the constant s_input·s_weight."""
+    pre = f"{path}." if path else ""
+    if isinstance(layer.weight_quant, Quantizer):
+        _emit_quantizer(layer.weight_quant, pre + "weight_quant", layer.weight, saved, params)
+    bq = layer.bias_quant
+    if isinstance(bq, Quantizer):
+        _emit_quantizer(bq, pre + "bias_quant", layer.bias, saved, params)
+    elif isinstance(bq, BiasQuantizer) and bq._forward != bq._forward_float:
+        with torch.no_grad():
+            s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
+        p = QuantParams(pre + "bias_quant", bq.spec, s_acc.detach().reshape(-1).clone(), None)
+        fn = _emitter_for(p)
+        params[p.path] = p
+        _set(saved, layer, "quant_bias", lambda: fn(layer.bias, p))
+
+
+def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tensor]:
+    """Quant → AveragePool (mean, = Σq·s/k²) → Trunc: the sum of codes is an integer
+    at scale s/k², dropping t LSBs (FLOOR) gives scale s·2^t/k² (what torch computes)."""
+    if pool.ceil_mode:
+        raise ValueError(f"{path}: QuantAvgPool2d with ceil_mode=True cannot be exported")
+    iq: Quantizer = pool.input_quant
+    fmt: IntFormat = iq.spec.format  # type: ignore[assignment]
+    with torch.no_grad():
+        s = iq.scale().detach().float().clone()
+        in_scale = s / pool.window
+        out_scale = s * (2.0**pool.trunc_bits / pool.window)
+    attrs = {"signed": int(fmt.signed), "narrow": int(fmt.narrow), "rounding_mode": "FLOOR"}
+    in_bits = _const(fmt.bits + pool.trunc_bits)
+
+    def forward(x: Tensor) -> Tensor:
+        x = pool.input_quant(x)  # emits Quant
+        # count_include_pad: hwquant divides every window sum by k² (divisor_override=1).
+        m = F.avg_pool2d(x, pool.kernel_size, pool.stride, pool.padding, False, True)
+        inputs = (m, in_scale, _const(0.0), in_bits, out_scale, _const(fmt.bits))
+        meta = {PATH_KEY: path, SPEC_KEY: f"sum of {pool.window} codes >> {pool.trunc_bits}"}
+        return pool.output_quant(_symbolic("Trunc", inputs, attrs, m, meta))
+
+    return forward
+

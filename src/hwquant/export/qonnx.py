@@ -1,0 +1,485 @@
+"""QONNX export: the traced model with ``Quant`` / ``BipolarQuant`` / ``FloatQuant`` /
+``Trunc`` nodes (domain ``qonnx.custom_op.general``, opset 2) and standard ONNX
+ops for everything else.
+
+The pipeline: check that every quantizer has a scale and that the example input
+fits (errors name the module path) → trace with ``torch.export`` while the
+quantizers emit QONNX nodes (:mod:`hwquant.export.emit`) → translate to ONNX
+(``torch.onnx.export``, dynamo) → qonnx's cleanup, shape and datatype inference →
+metadata → write to a temporary file next to ``path`` and rename it (a failed
+export leaves no file behind).
+
+Weights stay float initializers followed by their ``Quant`` node (the QONNX
+convention), so consumers see the float weight, its scale and its bit width.
+
+Example:
+    >>> import tempfile, torch
+    >>> from hwquant.nn import QuantLinear
+    >>> from hwquant.spec import A8, W4, LayerSpec
+    >>> layer = QuantLinear(4, 2, spec=LayerSpec(input=A8, weight=W4)).eval()
+    >>> _ = layer(torch.randn(16, 4))  # initialize the input scale
+    >>> path = to_qonnx(layer, torch.randn(1, 4), tempfile.mkdtemp() + "/lin.onnx")
+    >>> import onnx
+    >>> [n.op_type for n in onnx.load(path).graph.node]
+    ['Quant', 'Quant', 'Gemm']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+import hwquant
+from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, emitting
+from hwquant.nn.layer import QuantWeightLayer
+from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.spec.formats import BipolarFormat, Format, IntFormat, TernaryFormat
+from hwquant.spec.layer_spec import LayerSpec, Recipe
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+__all__ = [
+    "ORT_MAX_IR_VERSION",
+    "accumulator_bits",
+    "qonnx_proto",
+    "recipe_of",
+    "to_jsonable",
+    "to_qonnx",
+    "write_atomic",
+]
+
+#: IR version stamped on exported files: onnxruntime 1.31/1.32 reject IR 14
+#: (what onnx 1.23 stamps), 10 is read by every runtime in the tested stack.
+ORT_MAX_IR_VERSION = 10
+
+Inputs = Tensor | Sequence[Tensor]
+
+
+# ---------------------------------------------------------------- public entry point
+def to_qonnx(
+    model: nn.Module,
+    example_input: Inputs,
+    path: str | os.PathLike,
+    dynamic_batch: bool = False,
+    *,
+    recipe: Recipe | None = None,
+) -> Path:
+    """Export ``model`` as a QONNX graph to ``path`` and return the path.
+
+    Args:
+        model: a model built from hwquant layers (its quantizers initialized).
+        example_input: a tensor (or tuple of tensors) with the input shape; its
+            batch size is the graph's batch size unless ``dynamic_batch``.
+        path: the ``.onnx`` file to write (its directory must exist).
+        dynamic_batch: make dimension 0 of every input and output symbolic.
+        recipe: stored as JSON in the metadata; by default the recipe that
+            reproduces the model's layer specs (module path → LayerSpec).
+
+    Raises ``ValueError`` (naming the module path) for an example input the model
+    rejects, a quantizer without a scale, a format or an op that cannot be
+    exported. Nothing is written then.
+
+    >>> import tempfile, torch
+    >>> from hwquant.nn import QuantReLU
+    >>> from hwquant.spec import A4U, LayerSpec
+    >>> act = QuantReLU(spec=LayerSpec(output=A4U)).eval()
+    >>> _ = act(torch.rand(8, 3))
+    >>> p = to_qonnx(act, torch.rand(2, 3), tempfile.mkdtemp() + "/a.onnx", dynamic_batch=True)
+    >>> p.suffix
+    '.onnx'
+    """
+    proto = qonnx_proto(model, example_input, dynamic_batch, recipe=recipe)
+    return write_atomic(proto, path)
+
+
+def qonnx_proto(
+    model: nn.Module,
+    example_input: Inputs,
+    dynamic_batch: bool = False,
+    *,
+    recipe: Recipe | None = None,
+    cleanup: bool = True,
+) -> onnx.ModelProto:
+    """The cleaned QONNX ``ModelProto`` that :func:`to_qonnx` writes (in memory)."""
+    inputs = as_inputs(example_input)
+    with eval_mode(model):
+        check_quantizers_ready(model)
+        check_example(model, inputs)
+        proto = _trace_to_onnx(model, inputs, dynamic_batch)
+        acc = accumulator_bits(model)
+    if cleanup:
+        proto = _qonnx_cleanup(proto)
+    _stamp(proto, model, recipe, acc)
+    return proto
+
+
+# ---------------------------------------------------------------- checks
+def as_inputs(example_input: Inputs) -> tuple[Tensor, ...]:
+    """A tuple of float tensors (a single tensor is wrapped)."""
+    xs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
+    if not xs or not all(isinstance(x, Tensor) for x in xs):
+        raise ValueError(
+            f"example_input must be a tensor or a sequence of tensors, got {type(example_input)}"
+        )
+    if any(x.dim() == 0 for x in xs):
+        raise ValueError("example_input needs a batch dimension (got a 0-d tensor)")
+    return tuple(x.detach().float() for x in xs)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode inside the block; every module's own flag is restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def check_quantizers_ready(model: nn.Module) -> None:
+    """ValueError naming the first quantizer that has no scale yet or is calibrating."""
+    for path, q in model.named_modules():
+        if not isinstance(q, Quantizer):
+            continue
+        if q._forward == q._forward_init:
+            raise ValueError(
+                f"{path or type(model).__name__}: quantizer has no scale yet; calibrate it "
+                "or run the model on data before exporting"
+            )
+        if q._forward == q._forward_observe:
+            raise ValueError(f"{path}: quantizer is calibrating; call finish_calibration() first")
+
+
+@contextlib.contextmanager
+def module_tracker(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
+    """Yields the live stack of (path, module) being called (hooks removed on exit)."""
+    stack: list[tuple[str, nn.Module]] = []
+
+    def enter(path: str, mod: nn.Module) -> None:
+        stack.append((path, mod))
+
+    def leave() -> None:
+        stack.pop()
+
+    handles = []
+    for path, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda mod, a, p=path: enter(p, mod)))
+        handles.append(m.register_forward_hook(lambda mod, a, o: leave()))
+    try:
+        yield stack
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def check_example(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    """Run the model once; a failure becomes a ValueError naming the module and shapes."""
+    shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+    with module_tracker(model) as stack, torch.no_grad():
+        try:
+            model(*inputs)
+        except Exception as e:
+            where = (
+                f"module '{stack[-1][0] or '<root>'}' ({type(stack[-1][1]).__name__})"
+                if stack
+                else "the model"
+            )
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(
+                f"example input of shape {shapes} does not fit the model: {where} failed: {msg}"
+            ) from e
+
+
+# ---------------------------------------------------------------- tracing
+def _dynamic_shapes(model: nn.Module, inputs: tuple[Tensor, ...]) -> dict | tuple | None:
+    batch = torch.export.Dim("batch")
+    return tuple({0: batch} for _ in inputs)
+
+
+def _trace_to_onnx(
+    model: nn.Module, inputs: tuple[Tensor, ...], dynamic_batch: bool
+) -> onnx.ModelProto:
+    if dynamic_batch and inputs[0].shape[0] == 1:
+        # torch.export specializes size-1 dimensions: trace with a batch of 2.
+        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
+    dyn = _dynamic_shapes(model, inputs) if dynamic_batch else None
+    with emitting(model), _quiet(), torch.no_grad():
+        try:
+            ep = torch.export.export(model, inputs, dynamic_shapes=dyn, strict=False)
+        except Exception as e:
+            raise ValueError(f"torch.export could not trace the model: {_first_line(e)}") from e
+        try:
+            prog = torch.onnx.export(ep, inputs, dynamo=True, optimize=True, verbose=False)
+        except Exception as e:
+            raise _conversion_error(e, ep) from e
+    proto = prog.model_proto
+    _fix_header(proto)
+    return proto
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's progress prints and warnings."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")) as f:
+            warnings.simplefilter("ignore")
+            try:
+                yield
+            finally:
+                f.close()
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+_NODE_RE = re.compile(r"target=torch\.ops\.([\w.]+)")
+
+
+def _conversion_error(e: Exception, ep: torch.export.ExportedProgram) -> ValueError:
+    """ValueError naming the op torch.onnx could not translate and the module using it."""
+    text = str(e)
+    while e.__cause__ is not None:
+        e = e.__cause__  # type: ignore[assignment]
+        text += "\n" + str(e)
+    m = _NODE_RE.search(text)
+    if m is None:
+        return ValueError(f"the model cannot be exported to ONNX: {_first_line(e)}")
+    op = m.group(1)
+    base = op.split(".")[1] if op.count(".") >= 1 else op  # 'prims.zeta.default' → 'zeta'
+    where = _module_of_op(ep, base)
+    return ValueError(f"{where}: op '{op}' cannot be exported to ONNX")
+
+
+def _module_of_op(ep: torch.export.ExportedProgram, base: str) -> str:
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and base in str(node.target):
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                path, cls = list(stack.values())[-1]
+                name = getattr(cls, "__name__", str(cls).rsplit(".", 1)[-1].strip("'>"))
+                return f"module '{path or '<root>'}' ({name})"
+            return "the model's forward"
+    return "the model"
+
+
+def _fix_header(proto: onnx.ModelProto) -> None:
+    """Declare the qonnx domain (opset 2) and an IR version onnxruntime reads."""
+    proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
+    for imp in proto.opset_import:
+        if imp.domain == QONNX_DOMAIN:
+            imp.version = QONNX_OPSET
+            break
+    else:
+        proto.opset_import.add(domain=QONNX_DOMAIN, version=QONNX_OPSET)
+
+
+#: never folded into constants by the cleanup (qonnx's own cleanup_model keeps only
+#: Quant / BipolarQuant / Q / DQ and would fold minifloat weights into plain floats).
+PRESERVED_OPS = ("Quant", "BipolarQuant", "FloatQuant", "Trunc", "QuantizeLinear",
+                 "DequantizeLinear")
+
+
+def _qonnx_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """qonnx's cleanup sequence (``qonnx.util.cleanup.cleanup_model``, with FloatQuant
+    and Trunc also preserved), then shape and datatype inference."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import (
+        GiveReadableTensorNames,
+        GiveUniqueNodeNames,
+        GiveUniqueParameterTensors,
+        RemoveStaticGraphInputs,
+        RemoveUnusedTensors,
+    )
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.quant_constant_folding import FoldTransposeIntoQuantInit
+
+    steps = [
+        InferShapes(), GiveUniqueParameterTensors(),
+        FoldConstants(exclude_op_types=list(PRESERVED_OPS)), FoldTransposeIntoQuantInit(),
+        RemoveUnusedTensors(), RemoveStaticGraphInputs(), GiveUniqueNodeNames(),
+        GiveReadableTensorNames(), InferShapes(), InferDataTypes(),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mw = ModelWrapper(proto)
+        for t in steps:
+            mw = mw.transform(t)
+    out = mw.model
+    _name_batch(out)
+    _fix_header(out)
+    return out
+
+
+def _name_batch(proto: onnx.ModelProto) -> None:
+    """Call the symbolic batch dimension ``batch`` (torch.export names it s0, s77, ...)."""
+    for vi in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:
+            dims[0].dim_param = "batch"
+
+
+# ---------------------------------------------------------------- metadata
+def to_jsonable(obj: Any) -> Any:
+    """Specs, formats and recipes as plain JSON values (formats carry their ``kind``)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        d: dict[str, Any] = {"kind": obj.kind} if isinstance(obj, Format) else {}
+        for f in dataclasses.fields(obj):
+            d[f.name] = to_jsonable(getattr(obj, f.name))
+        return d
+    if isinstance(obj, tuple | list):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def recipe_of(model: nn.Module) -> Recipe:
+    """The recipe that reproduces ``model``'s quantization: module path → its LayerSpec."""
+    entries = [
+        (path, m.layer_spec)
+        for path, m in model.named_modules()
+        if isinstance(getattr(m, "layer_spec", None), LayerSpec)
+    ]
+    return Recipe(by_name=tuple(entries))
+
+
+def _codes_range(q: nn.Module) -> tuple[float, float] | None:
+    """[min, max] of the integer codes an input quantizer produces (minus zero point)."""
+    if not isinstance(q, Quantizer) or q.spec.granularity.kind != "tensor":
+        return None
+    fmt = q.spec.format
+    if not isinstance(fmt, IntFormat | TernaryFormat | BipolarFormat):
+        return None
+    z = q.zero_point()
+    z = 0.0 if z is None else float(z.detach().reshape(-1)[0])
+    return fmt.min_value - z, fmt.max_value - z
+
+
+def _weight_codes(layer: QuantWeightLayer) -> Tensor | None:
+    """Integer weight codes as [out_channels, fan_in], or None if not an integer grid."""
+    wq = layer.weight_quant
+    if not isinstance(wq, Quantizer) or wq.zero_point() is not None:
+        return None
+    if not isinstance(wq.spec.format, IntFormat | TernaryFormat | BipolarFormat):
+        return None
+    with torch.no_grad():
+        w = layer.quant_weight()
+        s = wq.scale_for(layer.weight)
+        if wq.spec.granularity.kind == "group":
+            from hwquant.export.emit import _expand_groups
+
+            s = _expand_groups(s, wq.spec, tuple(w.shape))
+        q = torch.round(w / s)
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        g = layer.groups  # weight [I, O/g, k...] → [O, I/g · k...]
+        q = q.reshape(g, q.shape[0] // g, q.shape[1], -1).permute(0, 2, 1, 3)
+    return q.reshape(layer.out_channels if hasattr(layer, "out_channels") else q.shape[0], -1)
+
+
+def accumulator_bits(model: nn.Module) -> dict[str, int]:
+    """Per weight layer with integer input and weights: the accumulator width that
+    never overflows for these weights (FINN's worst case, REFERENCE.md §1): per
+    output channel acc_max = Σ_i q_i·(x_max if q_i > 0 else x_min) (+ bias code),
+    acc_min likewise; INT⌈log2 max(−acc_min, acc_max + 1)⌉+1, UINT if acc_min ≥ 0.
+
+    >>> import torch
+    >>> from hwquant.nn import QuantLinear
+    >>> from hwquant.spec import QuantSpec, IntFormat, ScaleSpec, LayerSpec
+    >>> fixed = ScaleSpec("fixed", value=1.0)
+    >>> spec = LayerSpec(input=QuantSpec(IntFormat(4, signed=False), scale=fixed),
+    ...                  weight=QuantSpec(IntFormat(4), scale=fixed))
+    >>> layer = QuantLinear(2, 1, bias=False, spec=spec)
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.copy_(torch.tensor([[7.0, -8.0]]))
+    >>> accumulator_bits(layer)   # range [-120, 105] → 8 bits signed
+    {'<root>': 8}
+    """
+    out: dict[str, int] = {}
+    for path, layer in model.named_modules():
+        if not isinstance(layer, QuantWeightLayer):
+            continue
+        x = _codes_range(layer.input_quant)
+        q = _weight_codes(layer)
+        if x is None or q is None:
+            continue
+        lo, hi = x
+        acc_max = torch.where(q > 0, q * hi, q * lo).sum(1)
+        acc_min = torch.where(q > 0, q * lo, q * hi).sum(1)
+        if isinstance(layer.bias_quant, BiasQuantizer) and layer.bias is not None:
+            with torch.no_grad():
+                b = layer.quant_bias()
+                s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
+                bq = torch.round(b / s_acc.reshape(-1))
+            acc_max, acc_min = acc_max + bq, acc_min + bq
+        a_max, a_min = float(acc_max.max()), float(acc_min.min())
+        if a_min >= 0:
+            bits = max(1, math.ceil(math.log2(a_max + 1)))
+        else:
+            bits = math.ceil(math.log2(max(-a_min, a_max + 1))) + 1
+        out[path or "<root>"] = bits
+    return out
+
+
+def _stamp(
+    proto: onnx.ModelProto, model: nn.Module, recipe: Recipe | None, acc: dict[str, int]
+) -> None:
+    rec = recipe if recipe is not None else recipe_of(model)
+    props = {
+        "hwquant.version": hwquant.__version__,
+        "hwquant.recipe": json.dumps(to_jsonable(rec)),
+        "hwquant.accumulator_bits": json.dumps(acc),
+    }
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in props.items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name = "hwquant"
+    proto.producer_version = hwquant.__version__
+
+
+# ---------------------------------------------------------------- writing
+def write_atomic(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``proto`` to a temporary file beside ``path``, then rename it."""
+    import onnx
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ValueError(f"cannot write {target}: directory {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target

@@ -1,0 +1,499 @@
+"""Differential verification of an exported graph against the torch model.
+
+:func:`verify` runs the same inputs through torch (the reference), qonnx's
+``execute_onnx`` (QONNX and QCDQ files), onnxruntime (QCDQ files: it has no
+kernels for the QONNX ops) and hls4ml's compiled C++ (QONNX graphs hls4ml takes),
+and reports per backend the largest difference in units of the *output
+quantization step*: the scale of the quantizer that produces the output, the
+accumulator step s_in·s_w of an un-quantized Gemm/Conv output, 2s for bipolar,
+the local step s·2^(e−M) of a minifloat grid. Where no step can be read from
+the graph (e.g. a float Sigmoid output) the absolute difference is used.
+
+A backend passes when it is within ``tolerance`` steps (default: 0 — same code —
+for qonnx and onnxruntime, 1 for hls4ml's fixed-point emulation).
+
+Example:
+    >>> import tempfile, torch
+    >>> from hwquant.export.qonnx import to_qonnx
+    >>> from hwquant.nn import QuantReLU
+    >>> from hwquant.spec import A4U, LayerSpec
+    >>> act = QuantReLU(spec=LayerSpec(output=A4U)).eval()
+    >>> x = torch.randn(100, 8)
+    >>> _ = act(x)
+    >>> p = to_qonnx(act, x, tempfile.mkdtemp() + "/relu.onnx", dynamic_batch=True)
+    >>> report = verify(act, p, x, backends=("qonnx",))
+    >>> report.passed, report["qonnx"].max_steps
+    (True, 0.0)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hwquant.export.emit import QONNX_DOMAIN
+from hwquant.export.qonnx import Inputs, as_inputs, eval_mode
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_TOLERANCE",
+    "BackendResult",
+    "VerifyReport",
+    "graph_kind",
+    "output_steps",
+    "verify",
+    "with_batch",
+]
+
+BACKENDS = ("qonnx", "onnxruntime", "hls4ml")
+#: allowed difference in output steps per backend.
+DEFAULT_TOLERANCE: dict[str, float] = {"qonnx": 0.0, "onnxruntime": 0.0, "hls4ml": 1.0}
+#: float32 summation-order noise, relative to the largest output, that still counts as the same
+#: code (un-quantized accumulator outputs with non-power-of-two scales).
+_NOISE = 1e-6
+
+
+@dataclass
+class BackendResult:
+    """One backend's outcome. ``max_steps`` is None when the output has no known
+    step (then ``max_abs`` decides) or when the backend did not run (``note``
+    says why)."""
+
+    backend: str
+    ran: bool
+    passed: bool | None = None
+    max_steps: float | None = None
+    max_abs: float | None = None
+    mismatched: int = 0
+    n_values: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    """Per-backend results of :func:`verify` (the torch reference first)."""
+
+    path: str
+    kind: str
+    n_inputs: int
+    results: list[BackendResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every backend that ran passed (and at least one besides torch ran)."""
+        ran = [r for r in self.results if r.ran and r.backend != "torch"]
+        return bool(ran) and all(r.passed for r in ran)
+
+    def __getitem__(self, backend: str) -> BackendResult:
+        for r in self.results:
+            if r.backend == backend:
+                return r
+        raise KeyError(f"no result for backend {backend!r}; have {[r.backend for r in self.results]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "kind": self.kind, "n_inputs": self.n_inputs,
+            "passed": self.passed, "results": [r.to_dict() for r in self.results],
+        }
+
+    def table(self) -> str:
+        """A plain-text table, one line per backend."""
+        lines = [f"{self.kind.upper()} {self.path}: {self.n_inputs} inputs"]
+        lines.append(f"  {'backend':<12} {'status':<8} {'max steps':>10} {'max |diff|':>11} "
+                     f"{'mismatched':>11} {'seconds':>8}  note")
+        for r in self.results:
+            status = "skipped" if not r.ran else ("pass" if r.passed else "FAIL")
+            steps = "-" if r.max_steps is None else f"{r.max_steps:.3g}"
+            absd = "-" if r.max_abs is None else f"{r.max_abs:.3g}"
+            mism = f"{r.mismatched}/{r.n_values}" if r.ran else "-"
+            lines.append(f"  {r.backend:<12} {status:<8} {steps:>10} {absd:>11} {mism:>11} "
+                         f"{r.seconds:8.2f}  {r.note}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+# ---------------------------------------------------------------- graph helpers
+def graph_kind(proto: onnx.ModelProto) -> str:
+    """``"qonnx"`` if the graph has QONNX ops, ``"qcdq"`` if it has Q/DQ, else ``"onnx"``."""
+    ops = {(n.domain, n.op_type) for n in proto.graph.node}
+    if any(d == QONNX_DOMAIN or t in ("Quant", "BipolarQuant", "Trunc") for d, t in ops):
+        return "qonnx"
+    if any(t in ("QuantizeLinear", "DequantizeLinear") for _, t in ops):
+        return "qcdq"
+    return "onnx"
+
+
+def with_batch(proto: onnx.ModelProto, n: int) -> onnx.ModelProto:
+    """A copy whose symbolic batch dimension is ``n`` (shapes re-inferred); a graph
+    with a fixed batch is returned unchanged."""
+    dyn = [
+        vi for vi in (*proto.graph.input, *proto.graph.output)
+        if vi.type.tensor_type.shape.dim and not vi.type.tensor_type.shape.dim[0].dim_value
+    ]
+    if not dyn:
+        return proto
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    p = copy.deepcopy(proto)
+    for vi in (*p.graph.input, *p.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].dim_value:
+            dims[0].dim_value = n
+    del p.graph.value_info[:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ModelWrapper(p).transform(InferShapes()).model
+
+
+def _batch_of(proto: onnx.ModelProto) -> int | None:
+    d = proto.graph.input[0].type.tensor_type.shape.dim
+    return d[0].dim_value or None if d else None
+
+
+# ---------------------------------------------------------------- output steps
+@dataclass(frozen=True)
+class _Step:
+    """Step of a tensor's grid: fixed ``scale`` (broadcastable), or, with
+    ``mantissa_bits`` set, a minifloat grid whose step depends on the value."""
+
+    scale: np.ndarray
+    mantissa_bits: int | None = None
+    min_exponent: int = 0
+
+    def scalar(self) -> _Step:
+        return _Step(np.asarray(np.min(self.scale)), self.mantissa_bits, self.min_exponent)
+
+    def at(self, ref: np.ndarray) -> np.ndarray:
+        s = self.scale if _broadcasts(self.scale.shape, ref.shape) else np.min(self.scale)
+        if self.mantissa_bits is None:
+            return np.broadcast_to(s, ref.shape)
+        v = np.abs(ref / s)
+        e = np.floor(np.log2(np.maximum(v, np.finfo(np.float64).tiny)))
+        return s * 2.0 ** (np.maximum(e, self.min_exponent) - self.mantissa_bits)
+
+
+def _broadcasts(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    if len(a) > len(b):
+        return False
+    return all(x in (1, y) for x, y in zip(reversed(a), reversed(b), strict=False))
+
+
+_PASS_SHAPED = {"Relu", "MaxPool", "Identity", "Dropout", "Clip", "Pad", "Max", "Min", "Neg"}
+_PASS_FLAT = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather",
+              "Split", "Expand", "Tile"}
+_FP8_TYPES = {17: (3, -6), 18: (3, -7), 19: (2, -14), 20: (2, -15)}  # onnx dtype → (M, 1−bias)
+
+
+class _StepFinder:
+    """Walks back from a tensor to the quantizer (or accumulator) that sets its grid."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        from onnx import numpy_helper
+
+        g = proto.graph
+        self.inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
+        self.zp_types = {t.name: t.data_type for t in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.rank = {vi.name: len(vi.type.tensor_type.shape.dim)
+                     for vi in (*g.value_info, *g.input, *g.output)}
+        self.memo: dict[str, _Step | None] = {}
+
+    def __call__(self, name: str) -> _Step | None:
+        if name not in self.memo:
+            self.memo[name] = None  # guards against cycles
+            self.memo[name] = self._find(name)
+        return self.memo[name]
+
+    def _attr(self, node: Any, name: str, default: Any) -> Any:
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def _find(self, name: str) -> _Step | None:
+        n = self.producer.get(name)
+        if n is None:
+            return None
+        op, ins = n.op_type, n.input
+        const = self.inits.get
+        if op == "Quant":
+            s, bits = const(ins[1]), const(ins[3])
+            if s is None or bits is None:
+                return None
+            signed = self._attr(n, "signed", 1)
+            return _Step(s * 2 if int(bits) == 1 and signed else s)
+        if op == "BipolarQuant":
+            s = const(ins[1])
+            return None if s is None else _Step(2 * s)
+        if op == "FloatQuant":
+            s, m, b = const(ins[1]), const(ins[3]), const(ins[4])
+            return None if s is None else _Step(s, int(m), int(1 - b))
+        if op == "Trunc":
+            s = const(ins[4])
+            return None if s is None else _Step(s)
+        if op == "DequantizeLinear":
+            return self._dq(n)
+        if op in ("Floor", "Ceil", "Round"):
+            return _Step(np.asarray(1.0))  # integers
+        if op in _PASS_SHAPED:
+            return self(ins[0])
+        if op in _PASS_FLAT:
+            st = self(ins[0])
+            return None if st is None else st.scalar()
+        if op == "AveragePool":
+            st = self(ins[0])
+            k = float(np.prod(self._attr(n, "kernel_shape", [1])))
+            return None if st is None or st.mantissa_bits else _Step(st.scale / k)
+        if op in ("Concat", "Add", "Sub"):
+            steps = [self(i) for i in ins]
+            if any(s is None or s.mantissa_bits for s in steps):
+                return None
+            return _Step(np.asarray(min(float(np.min(s.scale)) for s in steps)))
+        if op in ("Mul", "Div") and const(ins[1]) is not None and const(ins[1]).size == 1:
+            st, c = self(ins[0]), abs(float(const(ins[1]).reshape(-1)[0]))
+            if st is None or c == 0:
+                return None
+            return dataclasses.replace(st, scale=st.scale * c if op == "Mul" else st.scale / c)
+        if op in ("Gemm", "MatMul", "Conv", "ConvTranspose"):
+            return self._accumulator(n)
+        return None
+
+    def _dq(self, n: Any) -> _Step | None:
+        s = self.inits.get(n.input[1])
+        if s is None:
+            return None
+        zp_type = self.zp_types.get(n.input[2]) if len(n.input) > 2 else None
+        if s.size > 1:
+            rank = self.rank.get(n.input[0])
+            if rank is None:
+                s = np.asarray(np.min(s))
+            else:
+                axis = self._attr(n, "axis", 1) % rank
+                s = s.reshape([-1 if i == axis else 1 for i in range(rank)])
+        if zp_type in _FP8_TYPES:
+            m, e_min = _FP8_TYPES[zp_type]
+            return _Step(s, m, e_min)
+        return _Step(s)
+
+    def _accumulator(self, n: Any) -> _Step | None:
+        """Un-quantized Gemm / Conv output: step s_in · s_w (per output channel)."""
+        a, w = self(n.input[0]), self(n.input[1])
+        if a is None or w is None or a.mantissa_bits or w.mantissa_bits:
+            return None
+        sa, sw = np.min(a.scale), w.scale
+        op = n.op_type
+        if sw.size > 1:
+            non1 = [i for i, d in enumerate(sw.shape) if d > 1]
+            out_axis = {"Gemm": 0 if self._attr(n, "transB", 0) else 1, "MatMul": sw.ndim - 1,
+                        "Conv": 0, "ConvTranspose": 1}[op]
+            if non1 != [out_axis] or (op == "ConvTranspose" and self._attr(n, "group", 1) != 1):
+                sw = np.asarray(np.min(sw))
+            elif op in ("Gemm", "MatMul"):
+                sw = sw.reshape(1, -1)
+            else:
+                sw = sw.reshape([1, -1] + [1] * (sw.ndim - 2))
+        return _Step(sa * sw)
+
+
+def output_steps(proto: onnx.ModelProto) -> list[_Step | None]:
+    """The grid step of each graph output (None where the graph does not fix one)."""
+    find = _StepFinder(proto)
+    return [find(o.name) for o in proto.graph.output]
+
+
+# ---------------------------------------------------------------- backends
+def _torch_outputs(model: nn.Module, xs: tuple[Tensor, ...]) -> list[np.ndarray]:
+    with eval_mode(model), torch.no_grad():
+        y = model(*xs)
+    leaves = torch.utils._pytree.tree_leaves(y)
+    return [t.detach().double().numpy() for t in leaves]
+
+
+def _run_qonnx(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    fixed = _batch_of(proto)
+    n = xs[0].shape[0]
+    chunk = fixed or n
+    if n % chunk:
+        raise ValueError(f"the graph has a fixed batch of {fixed}; got {n} inputs")
+    mw = ModelWrapper(with_batch(proto, n))
+    names = [i.name for i in mw.graph.input]
+    outs: list[list[np.ndarray]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(0, n, chunk):
+            res = execute_onnx(mw, {k: x[i : i + chunk] for k, x in zip(names, xs, strict=True)})
+            outs.append([np.asarray(res[o.name], np.float64) for o in mw.graph.output])
+    return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+
+def _run_onnxruntime(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # Graph optimizations may fuse Q/DQ pairs into integer kernels with other
+    # rounding: verify the graph as written.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    fixed = _batch_of(proto)
+    n = xs[0].shape[0]
+    chunk = fixed or n
+    if n % chunk:
+        raise ValueError(f"the graph has a fixed batch of {fixed}; got {n} inputs")
+    outs = [
+        sess.run(None, {k: x[i : i + chunk] for k, x in zip(names, xs, strict=True)})
+        for i in range(0, n, chunk)
+    ]
+    return [np.concatenate([np.asarray(o[j], np.float64) for o in outs]) for j in range(len(outs[0]))]
+
+
+def _run_hls4ml(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    from hwquant.export.hls4ml import hls4ml_predict
+
+    if len(xs) != 1 or len(proto.graph.output) != 1:
+        raise ValueError("the hls4ml check handles one input and one output")
+    return [hls4ml_predict(proto, xs[0])]
+
+
+_RUNNERS: dict[str, Callable[[Any, Sequence[np.ndarray]], list[np.ndarray]]] = {
+    "qonnx": _run_qonnx,
+    "onnxruntime": _run_onnxruntime,
+    "hls4ml": _run_hls4ml,
+}
+
+
+def _applicable(backend: str, kind: str, proto: onnx.ModelProto) -> str | None:
+    """Why ``backend`` does not apply to this graph (None if it does)."""
+    if backend == "onnxruntime" and kind == "qonnx":
+        return "onnxruntime has no kernels for QONNX ops (export with to_qcdq)"
+    if backend == "hls4ml":
+        if kind != "qonnx":
+            return "hls4ml takes QONNX graphs only"
+        from hwquant.export.hls4ml import hls4ml_rejects
+
+        return hls4ml_rejects(proto)
+    return None
+
+
+def _compare(
+    backend: str, ys: list[np.ndarray], refs: list[np.ndarray], steps: list[_Step | None],
+    tol: float,
+) -> BackendResult:
+    if len(ys) != len(refs):
+        return BackendResult(backend, True, False, note=f"{len(ys)} outputs, torch gave {len(refs)}")
+    worst_steps: float | None = 0.0
+    worst_abs, mism, total, ok = 0.0, 0, 0, True
+    for y, ref, st in zip(ys, refs, steps, strict=True):
+        if y.shape != ref.shape:
+            return BackendResult(backend, True, False, note=f"shape {y.shape} vs torch {ref.shape}")
+        d = np.abs(y - ref)
+        worst_abs = max(worst_abs, float(d.max(initial=0.0)))
+        total += d.size
+        if st is None:
+            worst_steps = None
+            lim = 1e-5 * max(1.0, float(np.abs(ref).max(initial=0.0)))
+            mism += int((d > lim).sum())
+            ok &= bool((d <= lim).all())
+            continue
+        step = st.at(ref)
+        noise = _NOISE * float(np.abs(ref).max(initial=0.0))
+        m = float((d / step).max(initial=0.0))
+        if worst_steps is not None:
+            worst_steps = max(worst_steps, m)
+        mism += int((d > 0.5 * step + noise).sum())
+        ok &= bool((d <= tol * step + noise).all())
+    return BackendResult(backend, True, ok, worst_steps, worst_abs, mism, total)
+
+
+def verify(
+    model: nn.Module,
+    path: str | os.PathLike,
+    inputs: Inputs,
+    *,
+    backends: Sequence[str] | None = None,
+    tolerance: Mapping[str, float] | None = None,
+) -> VerifyReport:
+    """Run ``inputs`` through torch and every applicable backend for the graph at
+    ``path``; report the largest difference in output steps per backend.
+
+    Args:
+        model: the torch model the graph was exported from (the reference).
+        path: a QONNX file (``to_qonnx``) or a QCDQ file (``to_qcdq``).
+        inputs: a batch (tensor or tuple of tensors); a fixed-batch graph runs it
+            in chunks of its batch size.
+        backends: subset of ``("qonnx", "onnxruntime", "hls4ml")``; default all.
+            Backends that do not apply (onnxruntime on QONNX ops, hls4ml on what
+            it cannot take) are listed as skipped with the reason.
+        tolerance: allowed steps per backend (defaults in ``DEFAULT_TOLERANCE``).
+    """
+    import onnx
+
+    chosen = tuple(BACKENDS if backends is None else backends)
+    unknown = set(chosen) - set(BACKENDS)
+    if unknown:
+        raise ValueError(f"unknown backend(s) {sorted(unknown)}; known: {list(BACKENDS)}")
+    tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    if not os.path.isfile(path):
+        raise ValueError(f"no exported graph at {path}")
+    proto = onnx.load(str(path))
+    kind = graph_kind(proto)
+    xs = as_inputs(inputs)
+    report = VerifyReport(str(path), kind, int(xs[0].shape[0]))
+    t0 = time.perf_counter()
+    refs = _torch_outputs(model, xs)
+    report.results.append(
+        BackendResult("torch", True, True, 0.0, 0.0, 0, sum(r.size for r in refs),
+                      time.perf_counter() - t0, "reference")
+    )
+    steps = output_steps(proto)
+    arrays = [x.numpy() for x in xs]
+    for b in chosen:
+        why = _applicable(b, kind, proto)
+        if why is not None:
+            report.results.append(BackendResult(b, False, note=why))
+            continue
+        t0 = time.perf_counter()
+        try:
+            ys = _RUNNERS[b](proto, arrays)
+        except Exception as e:  # a backend that crashes fails, with its message
+            msg = str(e).strip().splitlines()
+            report.results.append(BackendResult(
+                b, True, False, seconds=time.perf_counter() - t0,
+                note=f"{type(e).__name__}: {msg[0] if msg else ''}"[:300],
+            ))
+            continue
+        r = _compare(b, ys, refs, steps, tol[b])
+        r.seconds = time.perf_counter() - t0
+        if b == "hls4ml":
+            from hwquant.export.hls4ml import DEFAULT_PRECISION
+
+            setting = f"Vivado, io_parallel, auto precisions, default {DEFAULT_PRECISION}"
+            r.note = f"{r.note}; {setting}" if r.note else setting
+        report.results.append(r)
+    return report
