@@ -51,8 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="torch.save({'model': m}) file or a pickled module")
     p.add_argument("-o", "--output", help="output .onnx (default: checkpoint name + .onnx)")
     p.add_argument("--format", choices=("qonnx", "qcdq"), default="qonnx")
-    p.add_argument("--input-shape", help="input shape without batch, e.g. 3,32,32 "
-                   "(default: the checkpoint's 'input_shape')")
+    p.add_argument(
+        "--input-shape",
+        help="input shape without batch, e.g. 3,32,32 (default: the checkpoint's 'input_shape')",
+    )
     p.add_argument("--batch", type=int, default=1, help="batch size of the graph (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     p.add_argument("--int4", action="store_true", help="QCDQ: native int4/uint4 containers")
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         path = to_qcdq(model, x, out, args.dynamic_batch, int4=args.int4)
     else:
         path = to_qonnx(model, x, out, args.dynamic_batch)
-    print(f"wrote {path} ({args.format.upper()}, input {tuple(x.shape)}"
-          f"{', dynamic batch' if args.dynamic_batch else ''})")
+    print(
+        f"wrote {path} ({args.format.upper()}, input {tuple(x.shape)}"
+        f"{', dynamic batch' if args.dynamic_batch else ''})"
+    )
     return 0

@@ -22,15 +22,19 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="compare an exported graph with torch "
-                       "(qonnx, onnxruntime, hls4ml)")
+    p = sub.add_parser(
+        "verify", help="compare an exported graph with torch (qonnx, onnxruntime, hls4ml)"
+    )
     p.add_argument("checkpoint", help="the model the graph was exported from")
     p.add_argument("graph", help="the exported .onnx (QONNX or QCDQ)")
     p.add_argument("-n", "--n", type=int, default=1000, help="random N(0,1) inputs (default 1000)")
     p.add_argument("--inputs", help="inputs as .npy or .pt instead of random ones")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backends", default="qonnx,onnxruntime,hls4ml",
-                   help="comma-separated subset of qonnx,onnxruntime,hls4ml")
+    p.add_argument(
+        "--backends",
+        default="qonnx,onnxruntime,hls4ml",
+        help="comma-separated subset of qonnx,onnxruntime,hls4ml",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

@@ -25,9 +25,10 @@ constants, so the exported graph holds only constant quantization parameters.
 >>> from hwquant.spec import A8, W4, LayerSpec
 >>> layer = QuantLinear(4, 2, spec=LayerSpec(input=A8, weight=W4)).eval()
 >>> _ = layer(torch.randn(8, 4))  # initializes the input scale
->>> with emitting(layer):
-...     pass  # torch.onnx.export(layer, ...) here writes Quant nodes
->>> layer.input_quant._forward == layer.input_quant._forward_static
+>>> with emitting(layer) as params:  # torch.onnx.export(layer, ...) here writes Quant nodes
+...     sorted(params), tuple(params["weight_quant"].scale.shape)
+(['input_quant', 'weight_quant'], (2, 1))
+>>> layer.input_quant._forward == layer.input_quant._forward_static  # restored
 True
 """
 
@@ -125,8 +126,13 @@ def _symbolic(
     op: str, inputs: tuple[Tensor, ...], attrs: dict, like: Tensor, meta: dict[str, str]
 ) -> Tensor:
     return torch.onnx.ops.symbolic(
-        f"{QONNX_DOMAIN}::{op}", inputs, attrs, dtype=like.dtype, shape=like.shape,
-        version=QONNX_OPSET, metadata_props=meta,
+        f"{QONNX_DOMAIN}::{op}",
+        inputs,
+        attrs,
+        dtype=like.dtype,
+        shape=like.shape,
+        version=QONNX_OPSET,
+        metadata_props=meta,
     )
 
 
@@ -173,7 +179,11 @@ def _emit_float(x: Tensor, p: QuantParams) -> Tensor:
         "rounding_mode": QONNX_NAMES[p.spec.rounding],
     }
     inputs = (
-        x, p.scale, _const(fmt.exponent_bits), _const(fmt.mantissa_bits), _const(fmt.bias),
+        x,
+        p.scale,
+        _const(fmt.exponent_bits),
+        _const(fmt.mantissa_bits),
+        _const(fmt.bias),
         _const(fmt.max_value),
     )
     return _symbolic("FloatQuant", inputs, attrs, x, _meta(p))
@@ -310,4 +320,3 @@ def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tens
         return pool.output_quant(_symbolic("Trunc", inputs, attrs, m, meta))
 
     return forward
-

@@ -87,8 +87,9 @@ def to_qcdq(
     >>> p.exists()
     True
     """
-    return write_atomic(qcdq_proto(model, example_input, dynamic_batch, recipe=recipe,
-                                   int4=int4), path)
+    return write_atomic(
+        qcdq_proto(model, example_input, dynamic_batch, recipe=recipe, int4=int4), path
+    )
 
 
 def qcdq_proto(
@@ -100,8 +101,7 @@ def qcdq_proto(
     int4: bool = False,
 ) -> onnx.ModelProto:
     """The QCDQ ``ModelProto`` that :func:`to_qcdq` writes (in memory)."""
-    return qonnx_to_qcdq(qonnx_proto(model, example_input, dynamic_batch, recipe=recipe),
-                         int4=int4)
+    return qonnx_to_qcdq(qonnx_proto(model, example_input, dynamic_batch, recipe=recipe), int4=int4)
 
 
 # ---------------------------------------------------------------- the rewrite
@@ -141,8 +141,12 @@ def qonnx_to_qcdq(proto: onnx.ModelProto, *, int4: bool = False) -> onnx.ModelPr
     ctx = _Ctx(out, {t.name: numpy_helper.to_array(t) for t in g.initializer}, int4, [])
     nodes = []
     for n in g.node:
-        if n.domain == QONNX_DOMAIN or n.op_type in ("Quant", "BipolarQuant", "FloatQuant",
-                                                     "Trunc"):
+        if n.domain == QONNX_DOMAIN or n.op_type in (
+            "Quant",
+            "BipolarQuant",
+            "FloatQuant",
+            "Trunc",
+        ):
             nodes.extend(_LOWER.get(n.op_type, _unsupported)(n, ctx))
         else:
             nodes.append(n)
@@ -151,7 +155,9 @@ def qonnx_to_qcdq(proto: onnx.ModelProto, *, int4: bool = False) -> onnx.ModelPr
     g.initializer.extend(ctx.new_inits)
     del g.quantization_annotation[:]
     _drop_unused_initializers(out)
-    imports = [(i.domain, i.version) for i in out.opset_import if i.domain not in ("", QONNX_DOMAIN)]
+    imports = [
+        (i.domain, i.version) for i in out.opset_import if i.domain not in ("", QONNX_DOMAIN)
+    ]
     del out.opset_import[:]
     out.opset_import.add(domain="", version=QCDQ_OPSET)
     for d, v in imports:
@@ -179,8 +185,9 @@ def _attr(n: Any, name: str, default: Any) -> Any:
 
 def _unsupported(n: Any, ctx: _Ctx) -> list:
     if n.op_type == "BipolarQuant":
-        raise ValueError(f"{_where(n)}: QCDQ cannot express bipolar (1-bit) quantizers; "
-                         "use to_qonnx")
+        raise ValueError(
+            f"{_where(n)}: QCDQ cannot express bipolar (1-bit) quantizers; use to_qonnx"
+        )
     raise ValueError(f"{_where(n)}: QCDQ cannot express the QONNX op {n.op_type}")
 
 
@@ -205,8 +212,10 @@ def _layout(n: Any, s: np.ndarray, rank: int | None) -> tuple[np.ndarray, dict[s
     if group is not None:
         axis, size = (int(v) for v in group.split(","))
         return s, {"axis": axis % rank, "block_size": size}
-    raise ValueError(f"{_where(n)}: scale of shape {s.shape} is neither per-tensor, "
-                     "per-channel nor per-group; QCDQ cannot express it")
+    raise ValueError(
+        f"{_where(n)}: scale of shape {s.shape} is neither per-tensor, "
+        "per-channel nor per-group; QCDQ cannot express it"
+    )
 
 
 def _rank(ctx: _Ctx, name: str) -> int | None:
@@ -283,16 +292,20 @@ def _lower_quant(n: Any, ctx: _Ctx) -> list:
     scale = ctx.add(f"{n.name}_scale", s_q)
     zp = ctx.add(f"{n.name}_zp", np.broadcast_to(z_q, s_q.shape).astype(np.int64), dtype)
     q, y = ctx.name(f"{n.name}_q"), n.output[0]
-    nodes = [helper.make_node("QuantizeLinear", [x, scale, zp], [q], name=ctx.name(n.name),
-                              **attrs)]
+    nodes = [
+        helper.make_node("QuantizeLinear", [x, scale, zp], [q], name=ctx.name(n.name), **attrs)
+    ]
     if clip:
-        lo, hi = ctx.add(f"{n.name}_min", np.int64(q_min), dtype), ctx.add(
-            f"{n.name}_max", np.int64(q_max), dtype)
+        lo, hi = (
+            ctx.add(f"{n.name}_min", np.int64(q_min), dtype),
+            ctx.add(f"{n.name}_max", np.int64(q_max), dtype),
+        )
         c = ctx.name(f"{n.name}_clip")
         nodes.append(helper.make_node("Clip", [q, lo, hi], [c], name=ctx.name(n.name)))
         q = c
-    nodes.append(helper.make_node("DequantizeLinear", [q, scale, zp], [y], name=ctx.name(n.name),
-                                  **attrs))
+    nodes.append(
+        helper.make_node("DequantizeLinear", [q, scale, zp], [y], name=ctx.name(n.name), **attrs)
+    )
     for node in nodes:
         node.metadata_props.extend(n.metadata_props)
     return nodes
@@ -307,8 +320,15 @@ def _shape(ctx: _Ctx, name: str, where: str) -> tuple[int, ...]:
 
 
 def _codes_dq(
-    n: Any, ctx: _Ctx, s: np.ndarray, z: np.ndarray, q_min: int, q_max: int,
-    s_q: np.ndarray, z_q: np.ndarray, attrs: dict,
+    n: Any,
+    ctx: _Ctx,
+    s: np.ndarray,
+    z: np.ndarray,
+    q_min: int,
+    q_max: int,
+    s_q: np.ndarray,
+    z_q: np.ndarray,
+    attrs: dict,
 ) -> list:
     """A constant too wide for a Q container: its int32 codes → DequantizeLinear (the
     codes computed as qonnx's Quant does: round(clamp(x/s + z)), half to even)."""
@@ -320,8 +340,9 @@ def _codes_dq(
     src = ctx.add(f"{n.name}_codes", codes, T.INT32)
     scale = ctx.add(f"{n.name}_scale", s_q)
     zp = ctx.add(f"{n.name}_zp", np.broadcast_to(z_q, s_q.shape).astype(np.int64), T.INT32)
-    node = helper.make_node("DequantizeLinear", [src, scale, zp], [n.output[0]],
-                            name=ctx.name(n.name), **attrs)
+    node = helper.make_node(
+        "DequantizeLinear", [src, scale, zp], [n.output[0]], name=ctx.name(n.name), **attrs
+    )
     node.metadata_props.extend(n.metadata_props)
     return [node]
 
@@ -331,8 +352,10 @@ def _lower_float(n: Any, ctx: _Ctx) -> list:
 
     where = _where(n)
     s = _const(ctx, n, 1, "scale")
-    e, m, b, mx = (float(_const(ctx, n, i, w)) for i, w in
-                   ((2, "exponent width"), (3, "mantissa width"), (4, "bias"), (5, "max")))
+    e, m, b, mx = (
+        float(_const(ctx, n, i, w))
+        for i, w in ((2, "exponent width"), (3, "mantissa width"), (4, "bias"), (5, "max"))
+    )
     has_inf, has_sub = int(_attr(n, "has_inf", 0)), int(_attr(n, "has_subnormal", 1))
     key = (int(e), int(m), int(b), mx, has_inf)
     if key not in _FP8 or not has_sub:
@@ -351,10 +374,17 @@ def _lower_float(n: Any, ctx: _Ctx) -> list:
     zp = ctx.add(f"{n.name}_zp", np.zeros(s_q.shape, np.float32), dtype)
     q = ctx.name(f"{n.name}_q")
     nodes = [
-        helper.make_node("QuantizeLinear", [n.input[0], scale, zp], [q], name=ctx.name(n.name),
-                         saturate=1, **attrs),
-        helper.make_node("DequantizeLinear", [q, scale, zp], [n.output[0]],
-                         name=ctx.name(n.name), **attrs),
+        helper.make_node(
+            "QuantizeLinear",
+            [n.input[0], scale, zp],
+            [q],
+            name=ctx.name(n.name),
+            saturate=1,
+            **attrs,
+        ),
+        helper.make_node(
+            "DequantizeLinear", [q, scale, zp], [n.output[0]], name=ctx.name(n.name), **attrs
+        ),
     ]
     for node in nodes:
         node.metadata_props.extend(n.metadata_props)
@@ -369,9 +399,10 @@ def _lower_trunc(n: Any, ctx: _Ctx) -> list:
     from onnx import helper
 
     where = _where(n)
-    s, z, out_s, out_b = (_const(ctx, n, i, w) for i, w in
-                          ((1, "scale"), (2, "zero point"), (4, "output scale"),
-                           (5, "output bit width")))
+    s, z, out_s, out_b = (
+        _const(ctx, n, i, w)
+        for i, w in ((1, "scale"), (2, "zero point"), (4, "output scale"), (5, "output bit width"))
+    )
     if np.any(z != 0):
         raise ValueError(f"{where}: Trunc with a zero point is not supported in QCDQ")
     mode = str(_attr(n, "rounding_mode", "FLOOR")).upper()
@@ -382,9 +413,16 @@ def _lower_trunc(n: Any, ctx: _Ctx) -> list:
     q_max = 2 ** (bits - 1) - 1 if signed else 2**bits - 1 - int(narrow)
     shift = np.float32(2.0 ** np.round(np.log2(out_s / s)))
     names = [ctx.name(f"{n.name}_{k}") for k in ("codes", "round", "shifted", "floor", "clip")]
-    c = {k: ctx.add(f"{n.name}_{k}", v) for k, v in (
-        ("s", s), ("shift", shift), ("lo", np.float32(q_min)), ("hi", np.float32(q_max)),
-        ("out_s", out_s))}
+    c = {
+        k: ctx.add(f"{n.name}_{k}", v)
+        for k, v in (
+            ("s", s),
+            ("shift", shift),
+            ("lo", np.float32(q_min)),
+            ("hi", np.float32(q_max)),
+            ("out_s", out_s),
+        )
+    }
     nodes = [
         helper.make_node("Div", [n.input[0], c["s"]], [names[0]]),
         helper.make_node("Round", [names[0]], [names[1]]),
@@ -407,4 +445,3 @@ def _drop_unused_initializers(proto: onnx.ModelProto) -> None:
     keep = [t for t in proto.graph.initializer if t.name in used]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep)
-

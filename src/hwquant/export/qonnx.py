@@ -207,23 +207,22 @@ def check_example(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
 
 
 # ---------------------------------------------------------------- tracing
-def _dynamic_shapes(model: nn.Module, inputs: tuple[Tensor, ...]) -> dict | tuple | None:
-    batch = torch.export.Dim("batch")
-    return tuple({0: batch} for _ in inputs)
-
-
 def _trace_to_onnx(
     model: nn.Module, inputs: tuple[Tensor, ...], dynamic_batch: bool
 ) -> onnx.ModelProto:
     if dynamic_batch and inputs[0].shape[0] == 1:
         # torch.export specializes size-1 dimensions: trace with a batch of 2.
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
-    dyn = _dynamic_shapes(model, inputs) if dynamic_batch else None
+    dyn = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
     with emitting(model), _quiet(), torch.no_grad():
         try:
-            ep = torch.export.export(model, inputs, dynamic_shapes=dyn, strict=False)
+            with module_tracker(model) as stack:
+                ep = torch.export.export(model, inputs, dynamic_shapes=dyn, strict=False)
         except Exception as e:
-            raise ValueError(f"torch.export could not trace the model: {_first_line(e)}") from e
+            where = f" in module '{stack[-1][0] or '<root>'}' ({type(stack[-1][1]).__name__})"
+            raise ValueError(
+                f"torch.export could not trace the model{where if stack else ''}: {_first_line(e)}"
+            ) from e
         try:
             prog = torch.onnx.export(ep, inputs, dynamo=True, optimize=True, verbose=False)
         except Exception as e:
@@ -300,8 +299,14 @@ def _fix_header(proto: onnx.ModelProto) -> None:
 
 #: never folded into constants by the cleanup (qonnx's own cleanup_model keeps only
 #: Quant / BipolarQuant / Q / DQ and would fold minifloat weights into plain floats).
-PRESERVED_OPS = ("Quant", "BipolarQuant", "FloatQuant", "Trunc", "QuantizeLinear",
-                 "DequantizeLinear")
+PRESERVED_OPS = (
+    "Quant",
+    "BipolarQuant",
+    "FloatQuant",
+    "Trunc",
+    "QuantizeLinear",
+    "DequantizeLinear",
+)
 
 
 def _qonnx_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -321,10 +326,16 @@ def _qonnx_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
     from qonnx.transformation.quant_constant_folding import FoldTransposeIntoQuantInit
 
     steps = [
-        InferShapes(), GiveUniqueParameterTensors(),
-        FoldConstants(exclude_op_types=list(PRESERVED_OPS)), FoldTransposeIntoQuantInit(),
-        RemoveUnusedTensors(), RemoveStaticGraphInputs(), GiveUniqueNodeNames(),
-        GiveReadableTensorNames(), InferShapes(), InferDataTypes(),
+        InferShapes(),
+        GiveUniqueParameterTensors(),
+        FoldConstants(exclude_op_types=list(PRESERVED_OPS)),
+        FoldTransposeIntoQuantInit(),
+        RemoveUnusedTensors(),
+        RemoveStaticGraphInputs(),
+        GiveUniqueNodeNames(),
+        GiveReadableTensorNames(),
+        InferShapes(),
+        InferDataTypes(),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

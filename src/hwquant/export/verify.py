@@ -105,26 +105,35 @@ class VerifyReport:
         for r in self.results:
             if r.backend == backend:
                 return r
-        raise KeyError(f"no result for backend {backend!r}; have {[r.backend for r in self.results]}")
+        raise KeyError(
+            f"no result for backend {backend!r}; have {[r.backend for r in self.results]}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "kind": self.kind, "n_inputs": self.n_inputs,
-            "passed": self.passed, "results": [r.to_dict() for r in self.results],
+            "path": self.path,
+            "kind": self.kind,
+            "n_inputs": self.n_inputs,
+            "passed": self.passed,
+            "results": [r.to_dict() for r in self.results],
         }
 
     def table(self) -> str:
         """A plain-text table, one line per backend."""
         lines = [f"{self.kind.upper()} {self.path}: {self.n_inputs} inputs"]
-        lines.append(f"  {'backend':<12} {'status':<8} {'max steps':>10} {'max |diff|':>11} "
-                     f"{'mismatched':>11} {'seconds':>8}  note")
+        lines.append(
+            f"  {'backend':<12} {'status':<8} {'max steps':>10} {'max |diff|':>11} "
+            f"{'mismatched':>11} {'seconds':>8}  note"
+        )
         for r in self.results:
             status = "skipped" if not r.ran else ("pass" if r.passed else "FAIL")
             steps = "-" if r.max_steps is None else f"{r.max_steps:.3g}"
             absd = "-" if r.max_abs is None else f"{r.max_abs:.3g}"
             mism = f"{r.mismatched}/{r.n_values}" if r.ran else "-"
-            lines.append(f"  {r.backend:<12} {status:<8} {steps:>10} {absd:>11} {mism:>11} "
-                         f"{r.seconds:8.2f}  {r.note}")
+            lines.append(
+                f"  {r.backend:<12} {status:<8} {steps:>10} {absd:>11} {mism:>11} "
+                f"{r.seconds:8.2f}  {r.note}"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -146,7 +155,8 @@ def with_batch(proto: onnx.ModelProto, n: int) -> onnx.ModelProto:
     """A copy whose symbolic batch dimension is ``n`` (shapes re-inferred); a graph
     with a fixed batch is returned unchanged."""
     dyn = [
-        vi for vi in (*proto.graph.input, *proto.graph.output)
+        vi
+        for vi in (*proto.graph.input, *proto.graph.output)
         if vi.type.tensor_type.shape.dim and not vi.type.tensor_type.shape.dim[0].dim_value
     ]
     if not dyn:
@@ -199,8 +209,18 @@ def _broadcasts(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 
 _PASS_SHAPED = {"Relu", "MaxPool", "Identity", "Dropout", "Clip", "Pad", "Max", "Min", "Neg"}
-_PASS_FLAT = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather",
-              "Split", "Expand", "Tile"}
+_PASS_FLAT = {
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Gather",
+    "Split",
+    "Expand",
+    "Tile",
+}
 _FP8_TYPES = {17: (3, -6), 18: (3, -7), 19: (2, -14), 20: (2, -15)}  # onnx dtype → (M, 1−bias)
 
 
@@ -214,8 +234,10 @@ class _StepFinder:
         self.inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
         self.zp_types = {t.name: t.data_type for t in g.initializer}
         self.producer = {o: n for n in g.node for o in n.output}
-        self.rank = {vi.name: len(vi.type.tensor_type.shape.dim)
-                     for vi in (*g.value_info, *g.input, *g.output)}
+        self.rank = {
+            vi.name: len(vi.type.tensor_type.shape.dim)
+            for vi in (*g.value_info, *g.input, *g.output)
+        }
         self.memo: dict[str, _Step | None] = {}
 
     def __call__(self, name: str) -> _Step | None:
@@ -306,8 +328,12 @@ class _StepFinder:
         op = n.op_type
         if sw.size > 1:
             non1 = [i for i, d in enumerate(sw.shape) if d > 1]
-            out_axis = {"Gemm": 0 if self._attr(n, "transB", 0) else 1, "MatMul": sw.ndim - 1,
-                        "Conv": 0, "ConvTranspose": 1}[op]
+            out_axis = {
+                "Gemm": 0 if self._attr(n, "transB", 0) else 1,
+                "MatMul": sw.ndim - 1,
+                "Conv": 0,
+                "ConvTranspose": 1,
+            }[op]
             if non1 != [out_axis] or (op == "ConvTranspose" and self._attr(n, "group", 1) != 1):
                 sw = np.asarray(np.min(sw))
             elif op in ("Gemm", "MatMul"):
@@ -370,7 +396,9 @@ def _run_onnxruntime(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[n
         sess.run(None, {k: x[i : i + chunk] for k, x in zip(names, xs, strict=True)})
         for i in range(0, n, chunk)
     ]
-    return [np.concatenate([np.asarray(o[j], np.float64) for o in outs]) for j in range(len(outs[0]))]
+    return [
+        np.concatenate([np.asarray(o[j], np.float64) for o in outs]) for j in range(len(outs[0]))
+    ]
 
 
 def _run_hls4ml(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -402,11 +430,16 @@ def _applicable(backend: str, kind: str, proto: onnx.ModelProto) -> str | None:
 
 
 def _compare(
-    backend: str, ys: list[np.ndarray], refs: list[np.ndarray], steps: list[_Step | None],
+    backend: str,
+    ys: list[np.ndarray],
+    refs: list[np.ndarray],
+    steps: list[_Step | None],
     tol: float,
 ) -> BackendResult:
     if len(ys) != len(refs):
-        return BackendResult(backend, True, False, note=f"{len(ys)} outputs, torch gave {len(refs)}")
+        return BackendResult(
+            backend, True, False, note=f"{len(ys)} outputs, torch gave {len(refs)}"
+        )
     worst_steps: float | None = 0.0
     worst_abs, mism, total, ok = 0.0, 0, 0, True
     for y, ref, st in zip(ys, refs, steps, strict=True):
@@ -468,8 +501,17 @@ def verify(
     t0 = time.perf_counter()
     refs = _torch_outputs(model, xs)
     report.results.append(
-        BackendResult("torch", True, True, 0.0, 0.0, 0, sum(r.size for r in refs),
-                      time.perf_counter() - t0, "reference")
+        BackendResult(
+            "torch",
+            True,
+            True,
+            0.0,
+            0.0,
+            0,
+            sum(r.size for r in refs),
+            time.perf_counter() - t0,
+            "reference",
+        )
     )
     steps = output_steps(proto)
     arrays = [x.numpy() for x in xs]
@@ -483,10 +525,15 @@ def verify(
             ys = _RUNNERS[b](proto, arrays)
         except Exception as e:  # a backend that crashes fails, with its message
             msg = str(e).strip().splitlines()
-            report.results.append(BackendResult(
-                b, True, False, seconds=time.perf_counter() - t0,
-                note=f"{type(e).__name__}: {msg[0] if msg else ''}"[:300],
-            ))
+            report.results.append(
+                BackendResult(
+                    b,
+                    True,
+                    False,
+                    seconds=time.perf_counter() - t0,
+                    note=f"{type(e).__name__}: {msg[0] if msg else ''}"[:300],
+                )
+            )
             continue
         r = _compare(b, ys, refs, steps, tol[b])
         r.seconds = time.perf_counter() - t0

@@ -61,8 +61,9 @@ def act(bits: int = 8, signed: bool = True, fmt: Format | None = None) -> QuantS
 
 def weight(bits: int = 4, channel: bool = True, fmt: Format | None = None) -> QuantSpec:
     """Narrow signed weight spec, per output channel (or per tensor), power-of-two scales."""
-    return QuantSpec(fmt or IntFormat(bits, narrow=True), per_channel(0) if channel else PER_TENSOR,
-                     PO2)
+    return QuantSpec(
+        fmt or IntFormat(bits, narrow=True), per_channel(0) if channel else PER_TENSOR, PO2
+    )
 
 
 def _layer(inp: QuantSpec | None, w: QuantSpec, bias: bool = True) -> LayerSpec:
@@ -95,8 +96,11 @@ class CNN(nn.Module):
         self.pool1 = QuantMaxPool2d(2, spec=LayerSpec())
         self.conv2 = QuantConv2d(8, 8, 3, padding=1, spec=_layer(act(4, False), weight(4, channel)))
         self.relu2 = QuantReLU(spec=LayerSpec(output=act(4, False)))
-        self.pool2 = (QuantAvgPool2d(2, spec=LayerSpec(input=act(4, False))) if avgpool
-                      else QuantMaxPool2d(2, spec=LayerSpec()))
+        self.pool2 = (
+            QuantAvgPool2d(2, spec=LayerSpec(input=act(4, False)))
+            if avgpool
+            else QuantMaxPool2d(2, spec=LayerSpec())
+        )
         self.fc = QuantLinear(8 * 2 * 2, 5, spec=_layer(act(6, False), weight(4, channel)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,8 +155,15 @@ class Upsampler(nn.Module):
         self.relu1 = QuantReLU(spec=LayerSpec(output=act(4, False)))
         self.up1 = QuantConvTranspose2d(8, 8, 2, stride=2, spec=_layer(act(4, False), weight(4)))
         self.relu2 = QuantReLU(spec=LayerSpec(output=act(4, False)))
-        self.up2 = QuantConvTranspose2d(8, 1, 3, stride=2, padding=1, output_padding=1,
-                                        spec=_layer(act(4, False), weight(6, channel=False)))
+        self.up2 = QuantConvTranspose2d(
+            8,
+            1,
+            3,
+            stride=2,
+            padding=1,
+            output_padding=1,
+            spec=_layer(act(4, False), weight(6, channel=False)),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.up2(self.relu2(self.up1(self.relu1(self.conv(x)))))
@@ -181,13 +192,11 @@ class MinifloatCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         a, w = act(fmt=FP8_E4M3), weight(fmt=FP6_E2M3)
-        self.conv1 = QuantConv2d(3, 8, 3, padding=1, bias=False,
-                                 spec=LayerSpec(input=a, weight=w))
+        self.conv1 = QuantConv2d(3, 8, 3, padding=1, bias=False, spec=LayerSpec(input=a, weight=w))
         self.relu1 = QuantReLU(spec=LayerSpec())
         self.conv2 = QuantConv2d(8, 8, 3, stride=2, bias=False, spec=LayerSpec(input=a, weight=w))
         self.relu2 = QuantReLU(spec=LayerSpec(output=a))
-        self.fc = QuantLinear(8 * 3 * 3, 4, bias=False,
-                              spec=LayerSpec(input=a, weight=w, output=a))
+        self.fc = QuantLinear(8 * 3 * 3, 4, bias=False, spec=LayerSpec(input=a, weight=w, output=a))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
@@ -203,8 +212,9 @@ class BinaryMLP(nn.Module):
         b = QuantSpec(BipolarFormat(), PER_TENSOR, PO2)
         self.fc1 = QuantLinear(16, 32, bias=False, spec=LayerSpec(input=act(8), weight=b))
         self.fc2 = QuantLinear(32, 32, bias=False, spec=LayerSpec(input=b, weight=b))
-        self.fc3 = QuantLinear(32, 4, bias=False,
-                               spec=LayerSpec(input=b, weight=weight(fmt=TernaryFormat())))
+        self.fc3 = QuantLinear(
+            32, 4, bias=False, spec=LayerSpec(input=b, weight=weight(fmt=TernaryFormat()))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc3(self.fc2(self.fc1(x)))
@@ -217,8 +227,9 @@ class Conv1dNet(nn.Module):
         super().__init__()
         self.conv = QuantConv1d(2, 6, 5, padding=2, stride=2, spec=_layer(act(8), weight(5)))
         self.relu = QuantReLU(spec=LayerSpec(output=act(3, False)))
-        self.up = QuantConvTranspose1d(6, 3, 4, stride=2, padding=1,
-                                       spec=_layer(act(3, False), weight(3)))
+        self.up = QuantConvTranspose1d(
+            6, 3, 4, stride=2, padding=1, spec=_layer(act(3, False), weight(3))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.up(self.relu(self.conv(x)))
@@ -233,8 +244,9 @@ class BitsSweep(nn.Module):
         specs = [act(b) for b in range(2, 17)] + [act(b, False) for b in (2, 5, 8, 12, 16)]
         specs.append(QuantSpec(IntFormat(7, narrow=True), PER_TENSOR, PO2))
         specs.append(QuantSpec(TernaryFormat(), PER_TENSOR, PO2))
-        specs.append(QuantSpec(IntFormat(8, signed=False), PER_TENSOR, PO2,
-                               zero_point="asymmetric"))
+        specs.append(
+            QuantSpec(IntFormat(8, signed=False), PER_TENSOR, PO2, zero_point="asymmetric")
+        )
         self.acts = nn.ModuleList(QuantAct(s) for s in specs)
         grouped = QuantSpec(IntFormat(4, narrow=True), per_group(4, axis=1), PO2)
         self.fc = QuantLinear(16, 8, bias=False, spec=LayerSpec(input=act(8), weight=grouped))
@@ -267,8 +279,8 @@ class ResNet8(nn.Module):
         self.stem = QuantConv2d(3, 16, 3, padding=1, spec=_layer(act(8), weight(8)))
         self.relu = QuantReLU(spec=LayerSpec(output=act(4, False)))
         self.stages = nn.ModuleList(
-            _Stage(cin, cout, stride) for cin, cout, stride in ((16, 16, 1), (16, 32, 2),
-                                                                 (32, 64, 2))
+            _Stage(cin, cout, stride)
+            for cin, cout, stride in ((16, 16, 1), (16, 32, 2), (32, 64, 2))
         )
         self.pool = QuantAvgPool2d(8, spec=LayerSpec(input=act(4, False)))
         self.fc = QuantLinear(64, num_classes, spec=_layer(act(4, False), weight(8)))
@@ -287,8 +299,11 @@ class _Stage(nn.Module):
         self.conv1 = QuantConv2d(cin, cout, 3, stride, 1, spec=_layer(a, weight(4)))
         self.relu1 = QuantReLU(spec=LayerSpec(output=a))
         self.conv2 = QuantConv2d(cout, cout, 3, 1, 1, spec=_layer(a, weight(4)))
-        self.skip = (QuantConv2d(cin, cout, 1, stride, spec=_layer(a, weight(4)))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.skip = (
+            QuantConv2d(cin, cout, 1, stride, spec=_layer(a, weight(4)))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
         self.add = QuantAdd(LayerSpec(input=act(8)))
         self.relu2 = QuantReLU(spec=LayerSpec(output=a))
 
@@ -330,8 +345,9 @@ ZOO: dict[str, ZooEntry] = {
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, input_shape: tuple[int, ...], n: int = 256,
-              seed: int = 0) -> nn.Module:
+def calibrate(
+    model: nn.Module, input_shape: tuple[int, ...], n: int = 256, seed: int = 0
+) -> nn.Module:
     """Initialize every activation scale from one batch of N(0, 1) inputs (eval mode)."""
     gen = torch.Generator().manual_seed(seed)
     model.eval()
