@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-bits", type=int, default=4)
     p.add_argument("--act-bits", type=int, default=4)
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--finetune-epochs", type=int, default=4, help="after folding BatchNorm")
+    p.add_argument("--no-export", action="store_true", help="skip the QONNX / QCDQ export")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where results are written")
     p.set_defaults(func=run)
@@ -25,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     import hwquant
+    from hwquant.algorithms import fold_bn
     from hwquant.datasets import digits
     from hwquant.models import DigitsCNN
     from hwquant.spec import IntFormat, QuantSpec, Recipe, ScaleSpec, per_channel
@@ -33,10 +36,13 @@ def run(args: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 110))
     torch.manual_seed(args.seed)
     data = digits(seed=args.seed)
-    weights = QuantSpec(
-        IntFormat(args.weight_bits, narrow=True), per_channel(0), ScaleSpec(learned=True)
+    # Power-of-two scales: re-scaling is a shift in hardware, and the exported
+    # graph then runs bit-exactly in every backend.
+    pow2 = ScaleSpec(learned=True, power_of_two=True)
+    weights = QuantSpec(IntFormat(args.weight_bits, narrow=True), per_channel(0), pow2)
+    acts = QuantSpec(
+        IntFormat(args.act_bits), scale=ScaleSpec("percentile", learned=True, power_of_two=True)
     )
-    acts = QuantSpec(IntFormat(args.act_bits), scale=ScaleSpec("percentile", learned=True))
     float_model = DigitsCNN()
     model = hwquant.quantize(float_model, Recipe.uniform(weights=weights, activations=acts))
     console.print(
@@ -45,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     result = fit(model, data.train, data.test, epochs=args.epochs)
+    model.eval()
+    folded = fold_bn.apply(model)
+    console.print(f"folded BatchNorm into {len(folded.folded)} layers; fine-tuning")
+    result = fit(model, data.train, data.test, epochs=args.finetune_epochs, lr=1e-3)
+    model.eval()
     seconds = time.perf_counter() - t0
     console.print("[bold]float baseline[/] (same model, same schedule)")
     baseline = fit(float_model, data.train, data.test, epochs=args.epochs, progress=False)
@@ -64,6 +75,23 @@ def run(args: argparse.Namespace) -> int:
         "history": result.history,
         "layers": model.hwquant_report.to_dict(),
     }
+    if not args.no_export:
+        summary["export"] = _export_and_verify(model, data, args.out, console)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"checkpoint: {ckpt}  summary: {args.out / 'summary.json'}")
-    return 0
+    return 0 if summary.get("export", {}).get("passed", True) else 1
+
+
+def _export_and_verify(model, data, out: Path, console) -> dict:
+    """QONNX and QCDQ export of the trained model, verified on the test set."""
+    from hwquant.export import to_qcdq, to_qonnx, verify
+
+    x = data.test.dataset.tensors[0]
+    result = {}
+    for name, export in (("qonnx", to_qonnx), ("qcdq", to_qcdq)):
+        path = export(model, x[:1], out / f"digits.{name}.onnx", dynamic_batch=True)
+        report = verify(model, path, x)
+        console.print(report.table())
+        result[name] = {"path": str(path), **report.to_dict()}
+    result["passed"] = all(result[k]["passed"] for k in ("qonnx", "qcdq"))
+    return result
