@@ -2,8 +2,8 @@
 
 Nothing here is checked in a layer's ``forward``. During export, the context
 manager :func:`emitting` sets the state slots the modules already have
-(``Quantizer._forward``, ``QuantWeightLayer.quant_bias``) and, for average
-pooling, the instance's ``forward``, to functions that call
+(``Quantizer._forward``, ``QuantWeightLayer.quant_bias``,
+``QuantAvgPool2d._forward``) to functions that call
 ``torch.onnx.ops.symbolic("qonnx.custom_op.general::Quant", ...)``; everything is
 restored in ``finally``. Which operator a quantizer becomes is chosen by a
 registry keyed by its number format (:func:`quant_emitter`):
@@ -247,7 +247,7 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
             elif isinstance(module, Quantizer):
                 _emit_quantizer(module, path, None, saved, params)
             if isinstance(module, QuantAvgPool2d):
-                _set(saved, module, "forward", _avgpool_emitter(module, path))
+                _set(saved, module, "_forward", _avgpool_emitter(module, path))
         yield params
     finally:
         for obj, name, old in reversed(saved):

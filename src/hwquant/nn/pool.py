@@ -68,8 +68,12 @@ class QuantAvgPool2d(QuantLayer, nn.AvgPool2d):
         k = self.kernel_size
         self.window = k * k if isinstance(k, int) else math.prod(k)
         self.trunc_bits = math.ceil(math.log2(self.window))
+        self._forward = self._forward_quant  # state slot (the export pass swaps it)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._forward(x)
+
+    def _forward_quant(self, x: Tensor) -> Tensor:
         iq: Quantizer = self.input_quant
         x = iq(x)
         s = iq.scale()
