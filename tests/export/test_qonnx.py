@@ -29,6 +29,7 @@ from hwquant.spec import (
     ScaleSpec,
     per_channel,
     per_group,
+    serialize,
 )
 
 DOMAIN = "qonnx.custom_op.general"
@@ -132,15 +133,11 @@ def test_metadata(cnn_file):
     model, proto = cnn_file
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["hwquant.version"] == hwquant.__version__
-    recipe = json.loads(meta["hwquant.recipe"])
-    by_name = dict((k, v) for k, v in recipe["by_name"])
-    assert by_name["conv1"]["weight"]["format"] == {
-        "kind": "int",
-        "bits": 4,
-        "signed": True,
-        "narrow": True,
-    }
-    assert by_name["conv1"]["weight"]["granularity"]["kind"] == "channel"
+    recipe = serialize.loads(meta["hwquant.recipe"])  # round-trips to a Recipe
+    by_name = dict(recipe.by_name)
+    assert by_name["conv1"].weight.format == IntFormat(4, narrow=True)
+    assert by_name["conv1"].weight.granularity.kind == "channel"
+    assert by_name["conv1"] == model.conv1.layer_spec
     acc = json.loads(meta["hwquant.accumulator_bits"])
     assert acc == accumulator_bits(model)
     assert set(acc) == {"conv1", "conv2", "fc"}

@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from hwquant.spec import serialize
 from hwquant.spec.formats import (
     FP4_E2M1,
     FP6_E2M3,
@@ -18,7 +19,6 @@ from hwquant.spec.formats import (
     MSQFormat,
     PowerOfTwoFormat,
     TernaryFormat,
-    format_from_dict,
 )
 
 
@@ -139,12 +139,18 @@ def test_misspelled_argument_fails():
     ],
 )
 def test_serialization_roundtrip(fmt):
-    assert format_from_dict(fmt.to_dict()) == fmt
+    assert serialize.loads(serialize.dumps(fmt)) == fmt
 
 
-def test_unknown_kind():
-    with pytest.raises(ValueError, match="unknown format kind"):
-        format_from_dict({"kind": "posit", "bits": 8})
+def test_serialization_errors():
+    with pytest.raises(ValueError, match="unknown spec type"):
+        serialize.from_dict({"hwquant_spec_version": 1, "type": "PositFormat", "bits": 8})
+    with pytest.raises(ValueError, match="unknown field"):
+        serialize.from_dict({"hwquant_spec_version": 1, "type": "IntFormat", "bitz": 8})
+    with pytest.raises(ValueError, match="version"):
+        serialize.from_dict({"type": "IntFormat", "bits": 8})
+    with pytest.raises(ValueError, match="bits"):  # validation re-runs
+        serialize.from_dict({"hwquant_spec_version": 1, "type": "IntFormat", "bits": 40})
 
 
 def test_no_subnormal_levels():

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -35,9 +34,9 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +45,8 @@ import hwquant
 from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, emitting
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
-from hwquant.spec.formats import BipolarFormat, Format, IntFormat, TernaryFormat
+from hwquant.spec import serialize
+from hwquant.spec.formats import BipolarFormat, IntFormat, TernaryFormat
 from hwquant.spec.layer_spec import LayerSpec, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +57,6 @@ __all__ = [
     "accumulator_bits",
     "qonnx_proto",
     "recipe_of",
-    "to_jsonable",
     "to_qonnx",
     "write_atomic",
 ]
@@ -357,20 +356,6 @@ def _name_batch(proto: onnx.ModelProto) -> None:
 
 
 # ---------------------------------------------------------------- metadata
-def to_jsonable(obj: Any) -> Any:
-    """Specs, formats and recipes as plain JSON values (formats carry their ``kind``)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        d: dict[str, Any] = {"kind": obj.kind} if isinstance(obj, Format) else {}
-        for f in dataclasses.fields(obj):
-            d[f.name] = to_jsonable(getattr(obj, f.name))
-        return d
-    if isinstance(obj, tuple | list):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    return obj
-
-
 def recipe_of(model: nn.Module) -> Recipe:
     """The recipe that reproduces ``model``'s quantization: module path → its LayerSpec."""
     entries = [
@@ -464,7 +449,7 @@ def _stamp(
     rec = recipe if recipe is not None else recipe_of(model)
     props = {
         "hwquant.version": hwquant.__version__,
-        "hwquant.recipe": json.dumps(to_jsonable(rec)),
+        "hwquant.recipe": serialize.dumps(rec),
         "hwquant.accumulator_bits": json.dumps(acc),
     }
     keep = [p for p in proto.metadata_props if p.key not in props]

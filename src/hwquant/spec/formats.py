@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "MinifloatFormat",
     "PowerOfTwoFormat",
     "TernaryFormat",
-    "format_from_dict",
 ]
 
 MAX_LEVELS = 4096  # formats with more codes than this do not enumerate their levels
@@ -76,11 +75,6 @@ class Format:
     def levels(self) -> tuple[float, ...]:
         """All representable grid values, ascending (small formats only)."""
         raise ValueError(f"{self} has too many codes to enumerate its levels")
-
-    def to_dict(self) -> dict:
-        d = {"kind": self.kind}
-        d.update({f.name: getattr(self, f.name) for f in fields(self)})
-        return d
 
 
 @dataclass(frozen=True)
@@ -498,18 +492,6 @@ FORMAT_TYPES: dict[str, type[Format]] = {
         TernaryFormat,
     )
 }
-
-
-def format_from_dict(d: dict) -> Format:
-    """Inverse of ``Format.to_dict``; unknown kinds or fields raise ``ValueError``."""
-    d = dict(d)
-    kind = d.pop("kind", None)
-    if kind not in FORMAT_TYPES:
-        raise ValueError(f"unknown format kind {kind!r}; known: {sorted(FORMAT_TYPES)}")
-    try:
-        return FORMAT_TYPES[kind](**d)
-    except TypeError as e:
-        raise ValueError(f"bad fields for format {kind!r}: {e}") from None
 
 
 def check_positive_finite(name: str, value: float) -> None:
