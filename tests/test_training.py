@@ -61,3 +61,16 @@ def test_w2a2():
 @pytest.mark.parametrize("fmt", [FP4_E2M1, FP8_E4M3], ids=lambda f: f.name)
 def test_minifloat_qat(fmt):
     assert _train(_mf(fmt)) >= 0.95
+
+
+def test_fit_compiled_tiny_mlp():
+    from hwquant.models import MLP
+
+    torch.manual_seed(0)
+    data = digits(flat=True)
+    w, a = _int(4)
+    model = hwquant.quantize(MLP((64, 32, 10)), Recipe.uniform(weights=w, activations=a))
+    assert (
+        fit(model, data.train, data.test, epochs=2, progress=False, compile=True).test_accuracy
+        > 0.8
+    )

@@ -55,10 +55,14 @@ def fit(
     progress: bool = True,
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    compile: bool = False,
 ) -> FitResult:
     """Adam + cosine learning-rate decay; test accuracy after every epoch.
 
     ``extra_loss(model)`` is added to the loss (e.g. a regularizer or penalty).
+    ``compile`` runs the model under ``torch.compile``: for FPGA-sized models the
+    per-op overhead of eager quantizers dominates, and compiling removes most of
+    it (see ``benchmarks/qat_step.py``).
     With ``progress`` a tqdm bar shows the epoch, loss and accuracy.
     """
     if epochs < 1:
@@ -66,6 +70,7 @@ def fit(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
+    run = torch.compile(model) if compile else model
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(train))
     history: list[dict[str, float]] = []
@@ -74,7 +79,7 @@ def fit(
         model.train()
         total = 0.0
         for x, y in train:
-            loss = loss_fn(model(x.to(device)), y.to(device))
+            loss = loss_fn(run(x.to(device)), y.to(device))
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             opt.zero_grad(set_to_none=True)
