@@ -252,3 +252,27 @@ def test_spec_type_errors():
         QuantLinear(4, 4, spec=W4)
     with pytest.raises(ValueError, match="QuantSpec"):
         Quantizer("int8")
+
+
+def test_learned_zero_point_trains():
+    """A learned zero point rounds straight-through, gets the LSQ gradient, and moves
+    toward the data's offset."""
+    spec = QuantSpec(
+        IntFormat(4, signed=False), zero_point="learned", scale=ScaleSpec(learned=True)
+    )
+    q = Quantizer(spec)
+    x = torch.rand(4096) * 2 - 0.5  # [-0.5, 1.5]
+    q(x)
+    z0 = float(q.zero_point())
+    assert z0 == round(z0) and z0 > 0
+    with torch.no_grad():
+        q.zero_param.fill_(0.0)  # wrong offset: negative inputs all clip to 0
+    opt = torch.optim.Adam([q.zero_param], 5e-2)
+    err0 = float((q(x) - x).pow(2).mean())
+    for _ in range(200):
+        loss = (q(x) - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(float(q.zero_point()) - z0) <= 1
+    assert float((q(x) - x).pow(2).mean()) < err0 / 5
