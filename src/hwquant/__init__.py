@@ -6,7 +6,15 @@
 >>> qmodel = hwquant.quantize(MLP((64, 32, 10)), Recipe.uniform(weights=W4, activations=A4U))
 """
 
-from hwquant.api import QuantizeReport, calibration, quantize, quantizers, set_quantization
+from hwquant.api import (
+    QuantizeReport,
+    calibration,
+    load_checkpoint,
+    quantize,
+    quantizers,
+    save_checkpoint,
+    set_quantization,
+)
 from hwquant.spec import (
     A4U,
     A8,
@@ -42,9 +50,11 @@ __all__ = [
     "ScaleSpec",
     "__version__",
     "calibration",
+    "load_checkpoint",
     "per_channel",
     "per_group",
     "quantize",
     "quantizers",
+    "save_checkpoint",
     "set_quantization",
 ]

@@ -45,8 +45,10 @@ __all__ = [
     "LayerEntry",
     "QuantizeReport",
     "calibration",
+    "load_checkpoint",
     "quantize",
     "quantizers",
+    "save_checkpoint",
     "set_quantization",
 ]
 
@@ -346,3 +348,44 @@ def set_quantization(model: nn.Module, enabled: bool) -> None:
     for m in model.modules():
         if isinstance(m, Quantizer | BiasQuantizer):
             m.enable() if enabled else m.disable()
+
+
+def save_checkpoint(
+    model: nn.Module, path: str, input_shape: tuple[int, ...] | None = None
+) -> None:
+    """Save the whole quantized ``model`` (``torch.save`` of ``{"model", "input_shape",
+    "hwquant_version"}``); ``input_shape`` is the example input's shape, batch
+    dimension included, e.g. ``(1, 1, 8, 8)``. The CLI commands read this."""
+    from hwquant import __version__
+
+    shape = None if input_shape is None else tuple(int(n) for n in input_shape)
+    torch.save({"model": model, "input_shape": shape, "hwquant_version": __version__}, path)
+
+
+def load_checkpoint(path: str) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """(model, input_shape with batch dimension, or None) from :func:`save_checkpoint`
+    output or a pickled module. Loading unpickles code: open only trusted files.
+
+    >>> import tempfile, os
+    >>> from hwquant.models import MLP
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.pt")
+    >>> save_checkpoint(MLP((4, 2)), p, (1, 4))
+    >>> load_checkpoint(p)[1]
+    (1, 4)
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"cannot load checkpoint {path}: {e}") from None
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
+        shape = obj.get("input_shape")
+        return obj["model"], tuple(int(n) for n in shape) if shape is not None else None
+    raise ValueError(
+        f"{path} is not a hwquant checkpoint: expected an nn.Module or a dict with a 'model' module"
+    )

@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from hwquant.api import save_checkpoint
 from hwquant.cli.main import main
 from hwquant.export.zoo import build
 
@@ -11,7 +12,7 @@ from hwquant.export.zoo import build
 def test_export_then_verify(tmp_path, capsys):
     model, shape = build("cnn")
     ckpt = tmp_path / "cnn.pt"
-    torch.save({"model": model, "input_shape": shape}, ckpt)
+    save_checkpoint(model, str(ckpt), (1, *shape))  # shape with batch
     out = tmp_path / "cnn.onnx"
     assert main(["export", str(ckpt), "-o", str(out), "--dynamic-batch"]) == 0
     assert out.exists() and "wrote" in capsys.readouterr().out
@@ -46,7 +47,7 @@ def test_bare_module_needs_an_input_shape(tmp_path, capsys):
 def test_verify_reports_failure(tmp_path, capsys):
     model, shape = build("mlp")
     ckpt = tmp_path / "mlp.pt"
-    torch.save({"model": model, "input_shape": shape}, ckpt)
+    save_checkpoint(model, str(ckpt), (1, *shape))  # shape with batch
     out = tmp_path / "mlp.onnx"
     assert main(["export", str(ckpt), "-o", str(out), "--dynamic-batch"]) == 0
     other, _ = build("mlp", seed=5)  # different weights: the graph does not match it

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / f"digits_w{args.weight_bits}a{args.act_bits}.pt"
-    torch.save({"model": model, "input_shape": (1, *data.input_shape)}, ckpt)
+    hwquant.save_checkpoint(model, str(ckpt), (1, *data.input_shape))
     summary = {
         "test_accuracy": result.test_accuracy,
         "float_accuracy": baseline.test_accuracy,

@@ -13,26 +13,8 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch import nn
 
-__all__ = ["add_parser", "load_checkpoint", "parse_shape", "run"]
-
-
-def load_checkpoint(path: str) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """(model, input shape if stored) from ``torch.save({"model": m, ...})`` or a
-    pickled module. A dict may carry ``input_shape`` (without the batch)."""
-    if not Path(path).is_file():
-        raise ValueError(f"no checkpoint at {path}")
-    obj = torch.load(path, weights_only=False, map_location="cpu")
-    shape = None
-    if isinstance(obj, dict):
-        shape = obj.get("input_shape")
-        obj = obj.get("model")
-    if not isinstance(obj, nn.Module):
-        raise ValueError(
-            f"{path} holds no model: expected a pickled nn.Module or a dict with key 'model'"
-        )
-    return obj, tuple(int(d) for d in shape) if shape is not None else None
+__all__ = ["add_parser", "parse_shape", "run"]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -62,10 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwquant.api import load_checkpoint
     from hwquant.export import to_qcdq, to_qonnx
 
-    model, stored = load_checkpoint(args.checkpoint)
-    shape = parse_shape(args.input_shape) if args.input_shape else stored
+    model, stored = load_checkpoint(args.checkpoint)  # stored shape includes the batch
+    shape = parse_shape(args.input_shape) if args.input_shape else (stored[1:] if stored else None)
     if shape is None:
         raise ValueError("the checkpoint stores no 'input_shape': pass --input-shape")
     out = args.output or str(Path(args.checkpoint).with_suffix("")) + f".{args.format}.onnx"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwquant.cli.export import load_checkpoint
+from hwquant.api import load_checkpoint
 
 __all__ = ["add_parser", "run"]
 

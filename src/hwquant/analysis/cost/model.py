@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hwquant.analysis.cost.records import LayerRecord, integer_grid
+from hwquant.api import load_checkpoint
 from hwquant.spec.formats import Format
 
 __all__ = ["WEIGHT_LAYER_TYPES", "load_checkpoint", "records_from_module"]
@@ -228,21 +229,3 @@ def _rows_per_output(m: nn.Module, q: np.ndarray) -> np.ndarray:
     cin_g, cout_g = q.shape[0] // g, q.shape[1]
     rows = [q[j * cin_g : (j + 1) * cin_g, o].reshape(-1) for j in range(g) for o in range(cout_g)]
     return np.stack(rows)
-
-
-def load_checkpoint(path: str) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """(model, input_shape or None) from a hwquant checkpoint (``torch.save`` of
-    ``{"model": module, "input_shape": ...}``) or a pickled module. Loading unpickles
-    code: only open checkpoints you trust."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"cannot load checkpoint {path}: {e}") from None
-    if isinstance(obj, nn.Module):
-        return obj, None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
-        shape = obj.get("input_shape")
-        return obj["model"], tuple(int(n) for n in shape) if shape is not None else None
-    raise ValueError(
-        f"{path} is not a hwquant checkpoint: expected an nn.Module or a dict with a 'model' module"
-    )
