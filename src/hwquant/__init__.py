@@ -16,12 +16,14 @@ from hwquant.api import (
     set_quantization,
 )
 from hwquant.spec import (
+    A2Q,
     A4U,
     A8,
     A8U,
     W2,
     W4,
     W8,
+    A2QPlus,
     IntFormat,
     LayerSpec,
     MinifloatFormat,
@@ -35,12 +37,14 @@ from hwquant.spec import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "A2Q",
     "A4U",
     "A8",
     "A8U",
     "W2",
     "W4",
     "W8",
+    "A2QPlus",
     "IntFormat",
     "LayerSpec",
     "MinifloatFormat",

@@ -36,7 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from hwquant.nn import QUANT_TYPES, BiasQuantizer, QuantAdd, QuantCat, Quantizer, QuantReLU
+from hwquant.nn import (
+    QUANT_TYPES,
+    BiasQuantizer,
+    QuantAdd,
+    QuantAvgPool2d,
+    QuantCat,
+    Quantizer,
+    QuantReLU,
+)
 from hwquant.spec.formats import IntFormat
 from hwquant.spec.layer_spec import LayerSpec, Recipe
 from hwquant.spec.quant_spec import QuantSpec
@@ -344,9 +352,10 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def set_quantization(model: nn.Module, enabled: bool) -> None:
-    """Turn every quantizer of ``model`` off (identity) or back on."""
+    """Turn every quantizer of ``model`` off (identity) or back on; integer average
+    pooling becomes float average pooling while off."""
     for m in model.modules():
-        if isinstance(m, Quantizer | BiasQuantizer):
+        if isinstance(m, Quantizer | BiasQuantizer | QuantAvgPool2d):
             m.enable() if enabled else m.disable()
 
 

@@ -276,3 +276,19 @@ def test_learned_zero_point_trains():
         opt.step()
     assert abs(float(q.zero_point()) - z0) <= 1
     assert float((q(x) - x).pow(2).mean()) < err0 / 5
+
+
+def test_calibration_through_avgpool():
+    """Calibration runs the pool in float, so the next layer sees real activations."""
+    a = QuantSpec(IntFormat(8, signed=False), scale=ScaleSpec("max"))
+    model = nn.Sequential(
+        QuantAvgPool2d(2, spec=LayerSpec(input=a)),
+        nn.Flatten(),
+        QuantLinear(4, 2, spec=LayerSpec(input=a, weight=W8)),
+    )
+    x = torch.rand(16, 1, 4, 4) * 3
+    with hwquant.calibration(model):
+        model(x)
+    expected = F.avg_pool2d(x, 2).max() / 255
+    assert float(model[2].input_quant.scale()) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.isfinite(model(x)).all()

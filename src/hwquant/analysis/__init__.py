@@ -1,5 +1,12 @@
 """Analysis: read models and report what they cost in hardware."""
 
+from hwquant.analysis.accumulators import (
+    AccumulatorReport,
+    AuditRow,
+    LayerAccumulator,
+    accumulators,
+    overflow_audit,
+)
 from hwquant.analysis.cost import (
     TARGETS,
     CostReport,
@@ -9,17 +16,27 @@ from hwquant.analysis.cost import (
     cost,
     load_target,
 )
+from hwquant.analysis.integer_exec import IntegerRun, LayerStats, QTensor, run_integer
 from hwquant.analysis.plots import pareto_front, plot_cost, plot_pareto
 
 __all__ = [
     "TARGETS",
+    "AccumulatorReport",
+    "AuditRow",
     "CostReport",
+    "IntegerRun",
+    "LayerAccumulator",
     "LayerCost",
     "LayerFolding",
+    "LayerStats",
+    "QTensor",
     "Target",
+    "accumulators",
     "cost",
     "load_target",
+    "overflow_audit",
     "pareto_front",
     "plot_cost",
     "plot_pareto",
+    "run_integer",
 ]

@@ -2,6 +2,7 @@
 
 from torch import nn
 
+from hwquant.nn.a2q import A2QWeightQuantizer
 from hwquant.nn.activation import (
     QuantAct,
     QuantHardtanh,
@@ -24,6 +25,7 @@ from hwquant.nn.pool import QuantAvgPool2d, QuantMaxPool2d
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 
 __all__ = [
+    "A2QWeightQuantizer",
     "BiasQuantizer",
     "QuantAct",
     "QuantAdd",

@@ -16,7 +16,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from hwquant.nn.a2q import A2QWeightQuantizer
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.spec.a2q import A2Q
 from hwquant.spec.layer_spec import LayerSpec
 
 __all__ = ["QuantLayer", "QuantWeightLayer", "activation_quantizer"]
@@ -63,9 +65,12 @@ class QuantWeightLayer(QuantLayer):
     def _setup_quant(self, spec: LayerSpec, weight_spec=None) -> None:
         self._setup_io(spec)
         wspec = weight_spec or spec.weight
-        self.weight_quant = (
-            nn.Identity() if wspec is None else Quantizer.for_weight(wspec, self.weight)
-        )
+        if isinstance(wspec, A2Q):  # accumulator-aware: needs the layer's input format
+            self.weight_quant = A2QWeightQuantizer.for_layer(self, wspec)
+        else:
+            self.weight_quant = (
+                nn.Identity() if wspec is None else Quantizer.for_weight(wspec, self.weight)
+            )
         bspec = spec.bias if self.bias is not None else None
         if bspec is None:
             self.bias_quant = nn.Identity()

@@ -91,6 +91,19 @@ class QuantAvgPool2d(QuantLayer, nn.AvgPool2d):
         y = round_ste(acc / shift, torch.floor) * (s * (shift / self.window))
         return self.output_quant(y)
 
+    def _forward_float(self, x: Tensor) -> Tensor:
+        x = self.output_quant(self.input_quant(x))  # identity while calibrating / disabled
+        return F.avg_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        )
+
+    def disable(self) -> None:
+        """Plain float average pooling (calibration, ``set_quantization(m, False)``)."""
+        self._forward = self._forward_float
+
+    def enable(self) -> None:
+        self._forward = self._forward_quant
+
     def output_scale(self) -> Tensor:
         """Scale of the truncated output codes: s · 2^t / k²."""
         return self.input_quant.scale() * (2.0**self.trunc_bits / self.window)

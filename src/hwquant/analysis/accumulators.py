@@ -1,0 +1,279 @@
+"""Accumulator analysis: how wide must each layer's accumulator be?
+
+:func:`accumulators` reports, per weight layer with integer inputs and weights
+(REFERENCE.md §1, formulas in :mod:`hwquant.analysis.cost.formulas`):
+
+- K (fan-in of one output), N (input bits), M (weight bits), input signedness;
+- the data-type bound (any M-bit weights), the weight-based L1 bound (these
+  weights, max over output channels), the exact worst case per output channel
+  (acc_min / acc_max over all inputs of the format) and its width;
+- the A2Q / A2Q+ target P of an accumulator-aware layer;
+- with data, the largest |Σ x·q| actually observed (bit-exact integer execution).
+
+:func:`overflow_audit` feeds every output channel the two inputs that maximize and
+minimize its dot product (x_i = x_max where q_i > 0 else x_min, and the reverse) and
+counts the channels that overflow a P-bit accumulator — 0 for A2Q / A2Q+ layers at
+their target, by construction.
+
+Example:
+    >>> import torch, hwquant
+    >>> from hwquant.models import MLP
+    >>> from hwquant.spec import A2Q, A4U, IntFormat, Recipe
+    >>> w = A2Q(IntFormat(4, narrow=True), accumulator_bits=12)
+    >>> m = hwquant.quantize(MLP((64, 32, 10)), Recipe.uniform(weights=w, activations=A4U))
+    >>> x = torch.rand(32, 64)
+    >>> _ = m(x)                                  # initializes the activation scales
+    >>> r = accumulators(m, x)
+    >>> row = r["layers.0"]
+    >>> row.K, row.N, row.M, row.datatype_bits, row.a2q_bits, row.exact_bits <= 12
+    (64, 4, 4, 15, 12, True)
+    >>> [a.overflowing for a in overflow_audit(m)]   # at each layer's own P = 12
+    [0, 0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hwquant.analysis.cost import formulas
+from hwquant.analysis.integer_exec import run_integer, weight_codes
+from hwquant.core.accumulator import accumulate
+from hwquant.nn.a2q import A2QWeightQuantizer
+from hwquant.nn.layer import QuantWeightLayer
+from hwquant.nn.quantizer import Quantizer
+from hwquant.spec.formats import IntFormat
+
+__all__ = [
+    "AccumulatorReport",
+    "AuditRow",
+    "LayerAccumulator",
+    "accumulators",
+    "overflow_audit",
+]
+
+
+@dataclass
+class LayerAccumulator:
+    """Accumulator facts of one weight layer (``None`` where not applicable, e.g. float
+    inputs). ``exact_min`` / ``exact_max``: worst-case Σ x·q per output channel."""
+
+    name: str
+    type: str
+    K: int
+    N: int | None = None
+    M: int | None = None
+    signed_input: bool | None = None
+    datatype_bits: int | None = None
+    l1_bits: int | None = None
+    exact_bits: int | None = None
+    exact_min: list[int] = field(default_factory=list)
+    exact_max: list[int] = field(default_factory=list)
+    l1_max: float | None = None
+    a2q_bits: int | None = None
+    a2q_kind: str | None = None
+    observed_max_abs: int | None = None
+    observed_bits: int | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class AccumulatorReport:
+    """Per-layer :class:`LayerAccumulator` rows, in module order."""
+
+    layers: list[LayerAccumulator] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> LayerAccumulator:
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(f"no layer {name!r}; have {[r.name for r in self.layers]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [r.to_dict() for r in self.layers]}
+
+    def table(self) -> str:
+        """Plain-text table: one line per layer, widths in bits."""
+        head = (
+            f"{'layer':<16} {'type':<14} {'K':>5} {'N':>3} {'M':>3} {'in':>3} {'dtype':>6} "
+            f"{'L1':>4} {'exact':>6} {'A2Q':>6} {'seen':>5}  note"
+        )
+        lines = [head]
+
+        def f(v: Any) -> str:
+            return "-" if v is None else str(v)
+
+        for r in self.layers:
+            sign = "-" if r.signed_input is None else ("s" if r.signed_input else "u")
+            a2q = f"{r.a2q_kind}{r.a2q_bits}" if r.a2q_bits is not None else "-"
+            lines.append(
+                f"{r.name:<16} {r.type:<14} {r.K:>5} {f(r.N):>3} {f(r.M):>3} {sign:>3} "
+                f"{f(r.datatype_bits):>6} {f(r.l1_bits):>4} {f(r.exact_bits):>6} {a2q:>6} "
+                f"{f(r.observed_bits):>5}  {r.note}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+# ---------------------------------------------------------------- layer facts
+def fan_in(layer: nn.Module) -> int:
+    """K: products summed into one output value (transposed convs: at most
+    C_in/g · Π⌈k_i/s_i⌉ per output position)."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        taps = math.prod(
+            math.ceil(k / s) for k, s in zip(layer.kernel_size, layer.stride, strict=True)
+        )
+        return layer.in_channels // layer.groups * taps
+    return int(layer.weight[0].numel())
+
+
+def input_format(layer: QuantWeightLayer) -> IntFormat | None:
+    """The integer format of the layer's input codes: its own symmetric per-tensor input
+    quantizer, else an A2Q declaration, else None."""
+    iq = layer.input_quant
+    if isinstance(iq, Quantizer):
+        fmt = iq.spec.format
+        ok = isinstance(fmt, IntFormat) and iq.spec.zero_point == "symmetric"
+        return fmt if ok else None
+    wq = layer.weight_quant
+    return wq.input_format if isinstance(wq, A2QWeightQuantizer) else None
+
+
+def output_rows(layer: QuantWeightLayer, q: Tensor) -> Tensor:
+    """Weight codes as [C_out, K'] rows, one per output channel (transposed convs: all
+    weights that feed the channel, over every kernel tap)."""
+    if not isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        return q.reshape(q.shape[0], -1)
+    g = layer.groups  # [C_in, C_out/g, k...] → [g·C_out/g, C_in/g·k...]
+    return (
+        q.reshape(g, q.shape[0] // g, q.shape[1], -1)
+        .permute(0, 2, 1, 3)
+        .reshape(g * q.shape[1], -1)
+    )
+
+
+def _weight_bits(layer: QuantWeightLayer) -> int:
+    return layer.weight_quant.spec.format.bits
+
+
+def _layer_row(name: str, layer: QuantWeightLayer) -> tuple[LayerAccumulator, Tensor | None]:
+    row = LayerAccumulator(name, type(layer).__name__, fan_in(layer))
+    wq = layer.weight_quant
+    if isinstance(wq, A2QWeightQuantizer):
+        row.a2q_bits, row.a2q_kind = wq.accumulator_bits, "A2Q+" if wq.zero_centre else "A2Q"
+    fmt = input_format(layer)
+    codes = weight_codes(layer)
+    if fmt is None or codes is None:
+        row.note = "float or non-integer input" if fmt is None else "non-integer weights"
+        return row, None
+    rows = output_rows(layer, codes[0])
+    row.N, row.M, row.signed_input = fmt.bits, _weight_bits(layer), fmt.signed
+    row.datatype_bits = formulas.datatype_bound_bits(row.K, row.N, row.M, fmt.signed)
+    l1 = rows.abs().sum(1)
+    row.l1_max = float(l1.max())
+    row.l1_bits = max(formulas.weight_bound_bits(float(v), row.N, fmt.signed) for v in l1)
+    q = rows.numpy().astype(np.int64)
+    pos, neg = np.clip(q, 0, None), np.clip(q, None, 0)
+    row.exact_max = (pos * fmt.max_int + neg * fmt.min_int).sum(1).tolist()
+    row.exact_min = (pos * fmt.min_int + neg * fmt.max_int).sum(1).tolist()
+    row.exact_bits = formulas.exact_accumulator_bits(q, fmt.min_int, fmt.max_int)[0]
+    return row, rows
+
+
+def _signed_bits(max_abs: int) -> int:
+    """Signed width holding [−max_abs, max_abs]: ⌈log2(max_abs + 1)⌉ + 1."""
+    return math.ceil(math.log2(max_abs + 1)) + 1
+
+
+def _batches(data: Any) -> Iterable[Tensor]:
+    if isinstance(data, Tensor):
+        yield data
+        return
+    for b in data:
+        yield b[0] if isinstance(b, tuple | list) else b
+
+
+def accumulators(model: nn.Module, data: Any = None) -> AccumulatorReport:
+    """Accumulator report of every hwquant weight layer of ``model`` (see the module
+    docstring). ``data``: a tensor of inputs or an iterable of batches ((x, y) pairs
+    or tensors); the observed maxima come from exact integer execution."""
+    report = AccumulatorReport()
+    for name, m in model.named_modules():
+        if isinstance(m, QuantWeightLayer):
+            report.layers.append(_layer_row(name or "<root>", m)[0])
+    if data is not None:
+        seen: dict[str, int] = {}
+        for x in _batches(data):
+            run = run_integer(model, x, accumulator_bits=64)
+            for path, st in run.layers.items():
+                seen[path] = max(seen.get(path, 0), st.max_abs)
+        for row in report.layers:
+            if row.name in seen:
+                row.observed_max_abs = seen[row.name]
+                row.observed_bits = _signed_bits(seen[row.name])
+    return report
+
+
+# ---------------------------------------------------------------- worst-case audit
+@dataclass
+class AuditRow:
+    """Worst-case overflow audit of one layer at P bits: ``overflowing`` channels (of
+    ``channels``) whose extreme inputs overflow, and the largest error the emulated
+    accumulator makes on them (0 when none overflow)."""
+
+    name: str
+    accumulator_bits: int | None
+    channels: int
+    overflowing: int
+    worst_exact: int
+    max_error: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def overflow_audit(
+    model: nn.Module, accumulator_bits: int | Mapping[str, int] | None = None, mode: str = "wrap"
+) -> list[AuditRow]:
+    """Feed each output channel its two extreme inputs and emulate a P-bit accumulator.
+
+    P: ``accumulator_bits`` (an int, or per layer path), else the layer's A2Q target;
+    layers with neither or with float inputs are skipped."""
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, QuantWeightLayer):
+            continue
+        row, rows = _layer_row(name or "<root>", m)
+        if isinstance(accumulator_bits, Mapping):
+            bits = accumulator_bits.get(row.name, row.a2q_bits)
+        else:
+            bits = accumulator_bits if accumulator_bits is not None else row.a2q_bits
+        if rows is None or bits is None:
+            continue
+        fmt = input_format(m)
+        x_hi = torch.where(rows > 0, fmt.max_int, fmt.min_int)  # maximizes Σ x·q
+        x_lo = torch.where(rows > 0, fmt.min_int, fmt.max_int)  # minimizes it
+        errs, over_any, worst = [], torch.zeros(len(rows), dtype=torch.bool), 0
+        for x in (x_hi, x_lo):
+            idx = torch.arange(len(rows))
+            emu, exact, over = accumulate(x, rows, bits, mode)  # [C, C]: channel c on x_c
+            emu, exact, over = emu[idx, idx], exact[idx, idx], over[idx, idx]
+            errs.append(int((emu - exact).abs().max()) if len(rows) else 0)
+            over_any |= over
+            worst = max(worst, int(exact.abs().max()) if len(rows) else 0)
+        out.append(AuditRow(row.name, bits, len(rows), int(over_any.sum()), worst, max(errs)))
+    return out

@@ -1,0 +1,532 @@
+"""Bit-exact integer execution of a quantized model with P-bit accumulators.
+
+The model is traced with torch.fx (hwquant layers and quantizers stay leaves) and run
+node by node on *integer tensors*: a value is a :class:`QTensor` (int64 codes and the
+float scale of one code) wherever the arithmetic is integer, a float tensor elsewhere.
+
+- A quantizer re-quantizes: c' = clamp(round(c·s / s'), q_min, q_max) — the scales
+  are applied once per re-quantization (what a fixed-point multiplier or FINN's
+  thresholds do in hardware), with the quantizer's own rounding.
+- A ``QuantLinear`` / ``QuantConv1d`` / ``QuantConv2d`` (grouped and depthwise too)
+  multiplies integer input codes by integer weight codes q = round(ŵ / s_w) in int64
+  (convolutions via im2col) and sums them in a P-bit accumulator that wraps (two's
+  complement) or saturates (:func:`hwquant.core.accumulator.accumulate`). Its result
+  has scale s_in·s_w per output channel. A bias on the accumulator scale is added as
+  an integer *after* the dot product (as FINN folds it into the thresholds), so the
+  overflow counts concern Σ x·q only.
+- ReLU, max pooling, flatten / reshape / pixel shuffle act on the codes; the
+  sum-and-truncate average pooling of ``QuantAvgPool2d`` too; ``QuantAdd`` /
+  ``QuantCat`` with a shared input scale add / concatenate codes.
+- Anything else (float layers, sigmoid, minifloat quantizers, a weight layer whose
+  input is float) runs in float on dequantized values and is listed in
+  ``IntegerRun.float_ops``.
+
+With wide accumulators the result equals the fake-quantized forward pass up to
+float round-off at rounding ties (bit-exact in practice when the model runs in
+float64; see the tests), and the overflow counts say where a P-bit accumulator
+would have failed.
+
+Example:
+    >>> import torch, hwquant
+    >>> from hwquant.models import MLP
+    >>> from hwquant.spec import A2Q, A4U, IntFormat, Recipe, QuantSpec, ScaleSpec
+    >>> a4 = QuantSpec(IntFormat(4), scale=ScaleSpec("percentile", learned=True))
+    >>> w4 = A2Q(IntFormat(4, narrow=True), accumulator_bits=10)
+    >>> m = hwquant.quantize(MLP((16, 32, 10)), Recipe.uniform(weights=w4, activations=a4))
+    >>> x = torch.randn(64, 16)
+    >>> y = m.eval()(x)
+    >>> r = run_integer(m, x)                      # each A2Q layer at its own P = 10
+    >>> r.overflows, r.layers["layers.0"].accumulator_bits
+    (0, 10)
+    >>> bool((r.outputs.argmax(1) == y.argmax(1)).all())
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from hwquant.core.accumulator import ACCUMULATOR_MODES, accumulate
+from hwquant.nn.a2q import A2QWeightQuantizer
+from hwquant.nn.conv import QuantConv1d, QuantConv2d
+from hwquant.nn.layer import QuantLayer, QuantWeightLayer
+from hwquant.nn.linear import QuantLinear
+from hwquant.nn.merge import QuantAdd, QuantCat
+from hwquant.nn.pool import QuantAvgPool2d
+from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.spec.formats import BipolarFormat, IntFormat, TernaryFormat
+
+__all__ = [
+    "IntegerRun",
+    "LayerStats",
+    "QTensor",
+    "run_integer",
+    "trace",
+    "weight_codes",
+]
+
+Bits = int | Mapping[str, int] | None
+
+
+@dataclass
+class QTensor:
+    """Integer codes (int64) and the scale of one code (float64, broadcastable):
+    value = codes · scale."""
+
+    codes: Tensor
+    scale: Tensor
+
+    def dequantize(self) -> Tensor:
+        return self.codes.double() * self.scale
+
+    def map_shape(self, fn: Callable[[Tensor], Any]) -> QTensor | Any:
+        """Apply a shape op (flatten, reshape, pixel shuffle, ...) to codes and scale."""
+        codes = fn(self.codes)
+        if not isinstance(codes, Tensor):  # e.g. .size(), .dim()
+            return codes
+        if self.scale.numel() == 1:
+            return QTensor(codes, self.scale)
+        if self.scale.dim() == self.codes.dim() and self.scale.shape[0] == 1:
+            # per-sample-constant scale: transform one sample's worth when the op allows
+            try:
+                one = fn(self.scale.expand(1, *self.codes.shape[1:]).contiguous())
+                torch.broadcast_shapes(one.shape, codes.shape)
+                return QTensor(codes, one)
+            except (RuntimeError, ValueError):
+                pass
+        return QTensor(codes, fn(self.scale.expand(self.codes.shape).contiguous()))
+
+
+@dataclass
+class LayerStats:
+    """One weight layer's accumulator over a run: how many dot products it computed,
+    how many overflowed the P-bit accumulator, the largest |Σ x·q| (exact)."""
+
+    name: str
+    type: str
+    accumulator_bits: int | None
+    n_values: int = 0
+    overflows: int = 0
+    max_abs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class IntegerRun:
+    """Outputs (dequantized, float) and per-layer accumulator statistics."""
+
+    outputs: Tensor
+    mode: str
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+    float_ops: list[str] = field(default_factory=list)
+
+    @property
+    def overflows(self) -> int:
+        """Total overflowed dot products over all layers."""
+        return sum(s.overflows for s in self.layers.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "overflows": self.overflows,
+            "layers": [s.to_dict() for s in self.layers.values()],
+            "float_ops": self.float_ops,
+        }
+
+
+# ---------------------------------------------------------------- tracing
+class _Tracer(fx.Tracer):
+    """hwquant layers, quantizers and merges are leaves (their forward is not traced)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        leaf = (QuantLayer, Quantizer, BiasQuantizer, QuantAdd, QuantCat)
+        return isinstance(m, leaf) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The model as a GraphModule whose hwquant modules are leaves (ValueError if the
+    model does not trace with torch.fx)."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"integer execution needs a torch.fx-traceable model: {msg}") from e
+    return fx.GraphModule(model, graph)
+
+
+# ---------------------------------------------------------------- weights
+_INTEGER_GRIDS = (IntFormat, TernaryFormat, BipolarFormat)
+
+
+def weight_codes(layer: QuantWeightLayer) -> tuple[Tensor, Tensor] | None:
+    """(q, s): int64 weight codes in the weight's layout and the per-output-channel
+    scale [C] (float64), or None when the weights are not on a symmetric integer grid
+    (float, minifloat, per-group or asymmetric)."""
+    wq = layer.weight_quant
+    if not isinstance(wq, Quantizer) or wq.spec.granularity.kind == "group":
+        return None
+    if not isinstance(wq.spec.format, _INTEGER_GRIDS) or wq.zero_point() is not None:
+        return None
+    with torch.no_grad():
+        s = wq.scale_for(layer.weight).detach()
+        w = layer.quant_weight().detach()
+        v = w / s
+        q = torch.round(v)
+    if v.numel() and float((v - q).abs().max()) > 1e-3:
+        return None
+    n_out = layer.weight.shape[_out_axis(layer)]
+    s = s.double().expand(w.shape).movedim(_out_axis(layer), 0).reshape(n_out, -1)[:, 0]
+    return q.long(), s.contiguous()
+
+
+def _out_axis(layer: nn.Module) -> int:
+    return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+
+
+# ---------------------------------------------------------------- the executor
+class _Executor:
+    def __init__(self, model: nn.Module, bits: Bits, mode: str) -> None:
+        if mode not in ACCUMULATOR_MODES:
+            raise ValueError(
+                f"accumulator mode must be one of {list(ACCUMULATOR_MODES)}, got {mode!r}"
+            )
+        if isinstance(bits, int) and not isinstance(bits, bool) and not 2 <= bits <= 64:
+            raise ValueError(f"accumulator_bits must be in [2, 64], got {bits}")
+        self.gm = trace(model)
+        self.modules = dict(self.gm.named_modules())
+        p = next(model.parameters(), None)
+        self.dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        self.bits = bits
+        self.mode = mode
+        self.stats: dict[str, LayerStats] = {}
+        self.float_ops: list[str] = []
+
+    # ------------------------------------------------------------ driver
+    def run(self, inputs: Sequence[Tensor]) -> Any:
+        env: dict[fx.Node, Any] = {}
+        it = iter(inputs)
+        out = None
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = next(it)
+                continue
+            args = fx.node.map_arg(node.args, lambda n: env[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            if node.op == "call_module":
+                env[node] = self._module(node.target, self.modules[node.target], args, kwargs)
+            elif node.op in ("call_function", "call_method"):
+                env[node] = self._function(node, args, kwargs)
+            elif node.op == "get_attr":
+                env[node] = _fetch_attr(self.gm, node.target)
+            elif node.op == "output":
+                out = _deep_map(args[0], self._to_float)
+        return out
+
+    def _to_float(self, v: Any) -> Any:
+        """Dequantized codes (or a float result) in the model's dtype."""
+        if isinstance(v, QTensor):
+            return v.dequantize().to(self.dtype)
+        if isinstance(v, Tensor) and v.is_floating_point():
+            return v.to(self.dtype)
+        return v
+
+    def _note(self, what: str) -> None:
+        if what not in self.float_ops:
+            self.float_ops.append(what)
+
+    def _float(self, what: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        self._note(what)
+        return fn(*_deep_map(args, self._to_float), **_deep_map(kwargs, self._to_float))
+
+    # ------------------------------------------------------------ modules
+    def _module(self, path: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
+        x = args[0] if args else None
+        if isinstance(m, QuantLinear | QuantConv1d | QuantConv2d) and not kwargs:
+            return self._weight_layer(path, m, x)
+        if isinstance(m, QuantAvgPool2d):
+            return self._avg_pool(path, m, x)
+        if isinstance(m, QuantLayer) and not isinstance(m, QuantWeightLayer):
+            y = self._core_op(path, m, self._requant(m.input_quant, x, path), m.float_type)
+            return self._requant(m.output_quant, y, path)
+        if isinstance(m, Quantizer):
+            return self._requant(m, x, path)
+        if isinstance(m, QuantAdd | QuantCat):
+            return self._merge(path, m, args)
+        if isinstance(m, QTensorOps.INTEGER_MODULES) and isinstance(x, QTensor):
+            return self._core_op(path, m, x, type(m))
+        if isinstance(m, nn.Identity | nn.Dropout) and isinstance(x, QTensor):
+            return x  # eval mode: identities
+        if isinstance(m, QTensorOps.SHAPE_MODULES) and isinstance(x, QTensor):
+            return x.map_shape(m)
+        return self._float(f"{path} ({type(m).__name__})", m, args, kwargs)
+
+    def _core_op(self, path: str, m: nn.Module, x: Any, kind: type) -> Any:
+        """ReLU / max pooling on codes; other activations in float."""
+        if isinstance(x, QTensor) and issubclass(kind, nn.ReLU):
+            return QTensor(x.codes.clamp(min=0), x.scale)
+        pool = issubclass(kind, nn.MaxPool1d | nn.MaxPool2d)
+        if isinstance(x, QTensor) and pool and _per_channel_scale(x):
+            return QTensor(kind.forward(m, x.codes), x.scale)
+        return self._float(f"{path} ({kind.__name__})", lambda t: kind.forward(m, t), (x,), {})
+
+    # ------------------------------------------------------------ re-quantization
+    def _requant(self, q: nn.Module, x: Any, path: str) -> Any:
+        if not isinstance(q, Quantizer) or q._forward == q._forward_float:
+            return x
+        if q._forward in (q._forward_init, q._forward_observe):
+            raise ValueError(
+                f"{q.name or path}: quantizer has no scale yet; calibrate it or run the model "
+                "on data before integer execution"
+            )
+        fmt = q.spec.format
+        if (
+            not isinstance(fmt, IntFormat | TernaryFormat)
+            or q.zero_point() is not None
+            or q.spec.granularity.kind == "group"
+            or q.dynamic
+        ):
+            self._note(f"{q.name or path} ({fmt.name} quantizer, fake-quantized)")
+            return q(self._to_float(x))
+        s = q.scale().detach().double()
+        v = x.codes.double() * (x.scale / s) if isinstance(x, QTensor) else x.double() / s
+        g = q.grid
+        codes = g.fn(v.clamp(g.lo, g.hi))
+        return QTensor(codes.long(), s)
+
+    # ------------------------------------------------------------ weight layers
+    def _layer_bits(self, path: str, layer: nn.Module) -> int | None:
+        if isinstance(self.bits, Mapping):
+            if path in self.bits:
+                return int(self.bits[path])
+        elif self.bits is not None:
+            return int(self.bits)
+        wq = getattr(layer, "weight_quant", None)
+        return wq.accumulator_bits if isinstance(wq, A2QWeightQuantizer) else None
+
+    def _weight_layer(self, path: str, m: QuantWeightLayer, x: Any) -> Any:
+        x = self._requant(m.input_quant, x, path)
+        wc = weight_codes(m)
+        conv_ok = isinstance(m, QuantLinear) or (
+            m.padding_mode == "zeros" and not isinstance(m.padding, str)
+        )
+        if not isinstance(x, QTensor) or x.scale.numel() != 1 or wc is None or not conv_ok:
+            why = "float input" if not isinstance(x, QTensor) else "not integer"
+            self._note(f"{path} ({type(m).__name__}, {why})")
+            return m(self._to_float(x))
+        q, s_w = wc
+        bits = self._layer_bits(path, m)
+        if isinstance(m, QuantLinear):
+            acc, exact, over = self._linear(x.codes, q, bits)
+            scale_shape: tuple[int, ...] = (-1,)
+        else:
+            acc, exact, over = self._conv(m, x.codes, q, bits)
+            scale_shape = (1, -1) + (1,) * (acc.dim() - 2)
+        self._record(path, m, bits, exact, over)
+        s_acc = (x.scale.reshape(()) * s_w).reshape(scale_shape)
+        y = self._add_bias(m, acc, s_acc, scale_shape)
+        return self._requant(m.output_quant, y, path)
+
+    def _record(self, path: str, m: nn.Module, bits: int | None, exact: Tensor, over: Tensor):
+        st = self.stats.setdefault(path, LayerStats(path, type(m).__name__, bits))
+        st.n_values += exact.numel()
+        st.overflows += int(over.sum())
+        st.max_abs = max(st.max_abs, int(exact.abs().max()) if exact.numel() else 0)
+
+    def _add_bias(self, m: QuantWeightLayer, acc: Tensor, s_acc: Tensor, shape: tuple) -> Any:
+        if m.bias is None:
+            return QTensor(acc, s_acc)
+        with torch.no_grad():
+            b = m.quant_bias().detach()
+        bq = m.bias_quant
+        if isinstance(bq, BiasQuantizer) and bq._forward == bq._forward_quant:
+            # integer bias codes on the accumulator scale, added after the dot product
+            with torch.no_grad():
+                s32 = m.input_quant.scale() * m.weight_quant.scale_for(m.weight)
+            codes = torch.round(b.double() / s32.detach().double().reshape(-1)).long()
+            return QTensor(acc + codes.reshape(shape), s_acc)
+        self._note(f"{type(m).__name__} float bias")
+        return (acc.double() * s_acc + b.double().reshape(shape)).to(self.dtype)
+
+    def _linear(self, x: Tensor, q: Tensor, bits: int | None) -> tuple[Tensor, Tensor, Tensor]:
+        lead = x.shape[:-1]
+        acc, exact, over = accumulate(x.reshape(-1, x.shape[-1]), q, bits, self.mode)
+        return tuple(t.reshape(*lead, q.shape[0]) for t in (acc, exact, over))  # type: ignore[return-value]
+
+    def _conv(
+        self, m: nn.Module, x: Tensor, q: Tensor, bits: int | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        one_d = x.dim() == 3
+        k, st, pad, dil = (
+            tuple(getattr(m, a)) for a in ("kernel_size", "stride", "padding", "dilation")
+        )
+        if one_d:  # [B, C, L] → [B, C, 1, L]
+            x = x.unsqueeze(2)
+            k, st, pad, dil = (1, *k), (1, *st), (0, *pad), (1, *dil)
+        B, _, H, W = x.shape
+        cols = F.unfold(x.double(), k, dilation=dil, padding=pad, stride=st)  # [B, C·k, L]
+        cols = cols.round().long()
+        G, C_out = m.groups, q.shape[0]
+        L = cols.shape[2]
+        cols = cols.reshape(B, G, -1, L).permute(1, 0, 3, 2).reshape(G, B * L, -1)
+        qg = q.reshape(G, C_out // G, -1)
+        parts = [accumulate(cols[g], qg[g], bits, self.mode) for g in range(G)]
+        h = (H + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // st[0] + 1
+        w = (W + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // st[1] + 1
+
+        def shaped(i: int) -> Tensor:
+            t = torch.cat([p[i] for p in parts], dim=1)  # [B·L, C_out]
+            t = t.reshape(B, L, C_out).permute(0, 2, 1).reshape(B, C_out, h, w)
+            return t.squeeze(2) if one_d else t
+
+        return shaped(0), shaped(1), shaped(2)
+
+    # ------------------------------------------------------------ pooling and merges
+    def _avg_pool(self, path: str, m: QuantAvgPool2d, x: Any) -> Any:
+        x = self._requant(m.input_quant, x, path)
+        if not isinstance(x, QTensor) or m.ceil_mode:
+            return self._float(f"{path} (QuantAvgPool2d)", m, (x,), {})
+        sums = F.avg_pool2d(
+            x.codes.double(),
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            False,
+            m.count_include_pad,
+            divisor_override=1,
+        )
+        codes = torch.floor(sums.round() / 2.0**m.trunc_bits).long()
+        y = QTensor(codes, x.scale * (2.0**m.trunc_bits / m.window))
+        return self._requant(m.output_quant, y, path)
+
+    def _merge(self, path: str, m: QuantAdd | QuantCat, args: tuple) -> Any:
+        if not m.layer_spec.shared_input_scale:
+            return self._float(f"{path} ({type(m).__name__})", m, args, {})
+        xs = args[0] if isinstance(m, QuantCat) else args
+        qs = [self._requant(m.input_quant, x, path) for x in xs]
+        if not all(isinstance(v, QTensor) and v.scale.numel() == 1 for v in qs):
+            return self._float(f"{path} ({type(m).__name__})", m, args, {})
+        if isinstance(m, QuantAdd):
+            y = QTensor(qs[0].codes + qs[1].codes, qs[0].scale)
+        else:
+            y = QTensor(torch.cat([v.codes for v in qs], dim=m.dim), qs[0].scale)
+        return self._requant(m.output_quant, y, path)
+
+    # ------------------------------------------------------------ functions / methods
+    def _function(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+        target = node.target
+        x = args[0] if args else None
+        name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+        if isinstance(x, QTensor):
+            if target in QTensorOps.RELU_FUNCS or target == "relu":
+                return QTensor(x.codes.clamp(min=0), x.scale)
+            if target in QTensorOps.SHAPE_FUNCS:
+                return x.map_shape(lambda t: target(t, *args[1:], **kwargs))
+            if node.op == "call_method" and target in QTensorOps.SHAPE_METHODS:
+                return x.map_shape(lambda t: getattr(t, target)(*args[1:], **kwargs))
+            if target in QTensorOps.MAXPOOL_FUNCS and _per_channel_scale(x):
+                return QTensor(target(x.codes, *args[1:], **kwargs), x.scale)
+        if node.op == "call_method":
+            return self._float(
+                f"{node.name} (.{name})",
+                lambda t, *a, **k: getattr(t, target)(*a, **k),
+                args,
+                kwargs,
+            )
+        return self._float(f"{node.name} ({name})", target, args, kwargs)
+
+
+class QTensorOps:
+    """Ops that act on integer codes directly."""
+
+    INTEGER_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d)
+    SHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.PixelShuffle)
+    RELU_FUNCS = (F.relu, torch.relu)
+    MAXPOOL_FUNCS = (F.max_pool2d, F.max_pool1d, torch.max_pool2d)
+    SHAPE_FUNCS = (
+        torch.flatten,
+        torch.reshape,
+        torch.permute,
+        torch.transpose,
+        torch.squeeze,
+        torch.unsqueeze,
+        F.pixel_shuffle,
+        F.dropout,
+        operator.getitem,
+    )
+    SHAPE_METHODS = (
+        "flatten",
+        "view",
+        "reshape",
+        "permute",
+        "transpose",
+        "contiguous",
+        "squeeze",
+        "unsqueeze",
+        "size",
+        "dim",
+    )
+
+
+def _per_channel_scale(x: QTensor) -> bool:
+    """True when the scale is per tensor or per channel (dim 1) — max commutes with it."""
+    s = x.scale
+    return s.numel() == 1 or (s.dim() >= 2 and s.numel() == s.shape[1])
+
+
+def _deep_map(v: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(v, tuple | list):
+        return type(v)(_deep_map(a, fn) for a in v)
+    if isinstance(v, dict):
+        return {k: _deep_map(a, fn) for k, a in v.items()}
+    return fn(v)
+
+
+def _fetch_attr(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def run_integer(
+    model: nn.Module,
+    inputs: Tensor | Sequence[Tensor],
+    accumulator_bits: Bits = None,
+    mode: str = "wrap",
+) -> IntegerRun:
+    """Run ``model`` on integer tensors with emulated P-bit accumulators.
+
+    Args:
+        model: a quantized model (quantizers initialized); it is not modified.
+        inputs: a tensor (or a sequence of tensors for multi-input models).
+        accumulator_bits: P for every weight layer (int), per layer path (mapping;
+            layers not named use their A2Q target or exact), or None: each A2Q layer
+            at its own ``accumulator_bits``, other layers exact (int64).
+        mode: ``"wrap"`` (two's complement) or ``"saturate"``.
+
+    Returns:
+        An :class:`IntegerRun`: dequantized outputs (in the model's dtype) and per-layer
+        :class:`LayerStats` (values, overflows, largest |Σ x·q|).
+    """
+    xs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()  # before tracing: dropout and friends are traced in eval mode
+    try:
+        ex = _Executor(model, accumulator_bits, mode)
+        with torch.no_grad():
+            out = ex.run(xs)
+    finally:
+        for m, t in was:
+            m.training = t
+    ordered = {n: ex.stats[n] for n in ex.stats}
+    return IntegerRun(out, mode, ordered, ex.float_ops)

@@ -1,0 +1,77 @@
+"""``hwquant accumulators CHECKPOINT``: accumulator widths of a quantized model.
+
+Prints, per weight layer, K, N, M, the data-type / L1 / exact bounds, the A2Q target
+and (with ``--data``) the largest accumulator seen on data; ``--audit`` adds the
+worst-case overflow audit at ``--bits`` (default: each layer's A2Q target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("accumulators", help="accumulator bounds, A2Q targets and overflow audit")
+    p.add_argument("model", type=Path, help="a hwquant checkpoint (hwquant.save_checkpoint)")
+    p.add_argument(
+        "--data",
+        choices=("none", "digits", "random"),
+        default="none",
+        help="inputs for observed maxima: the digits test set, or random normal inputs "
+        "of the checkpoint's input shape",
+    )
+    p.add_argument("--samples", type=int, default=256, help="number of inputs (default 256)")
+    p.add_argument("--audit", action="store_true", help="worst-case overflow audit")
+    p.add_argument("--bits", type=int, default=None, help="accumulator bits P for the audit")
+    p.add_argument("--mode", choices=("wrap", "saturate"), default="wrap")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def _data(kind: str, n: int, shape: tuple[int, ...] | None):
+    import torch
+
+    if kind == "none":
+        return None
+    if n < 1:
+        raise ValueError(f"--samples must be ≥ 1, got {n}")
+    if kind == "digits":
+        from hwquant.datasets import digits
+
+        flat = shape is not None and len(shape) == 2
+        return digits(flat=flat).test.dataset.tensors[0][:n]
+    if shape is None:
+        raise ValueError("--data random needs a checkpoint with an 'input_shape'")
+    return torch.randn((n, *shape[1:]), generator=torch.Generator().manual_seed(0))
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwquant.analysis import accumulators, overflow_audit
+    from hwquant.api import load_checkpoint
+
+    model, shape = load_checkpoint(str(args.model))
+    model.eval()
+    report = accumulators(model, _data(args.data, args.samples, shape))
+    audit = overflow_audit(model, args.bits, args.mode) if args.audit else None
+    if args.json:
+        d = report.to_dict()
+        if audit is not None:
+            d["audit"] = [a.to_dict() for a in audit]
+        print(json.dumps(d, indent=1))
+        return 0
+    print(f"hwquant accumulators: {args.model} (widths in bits; in: s/u input signedness)")
+    print(report.table())
+    if audit is not None:
+        print(f"\nworst-case audit ({args.mode}): overflowing channels per layer")
+        for a in audit:
+            print(
+                f"  {a.name:<16} P={a.accumulator_bits:<3} {a.overflowing}/{a.channels} "
+                f"channels overflow (worst |Σ x·q| = {a.worst_exact}, max error {a.max_error})"
+            )
+        if not audit:
+            print("  no layer with a P to audit (give --bits or use A2Q layers)")
+    return 0

@@ -1,0 +1,413 @@
+"""The A2Q / A2Q+ weight quantizer (REFERENCE.md §1–2) and model-level helpers.
+
+Per output channel c (rows of the weight seen as [C, K']):
+
+    r_c = v_c                     (A2Q)      r_c = v_c − mean(v_c)      (A2Q+)
+    g_c = min(2^γ_c, T·s_c)       γ (log2 g) and s (log2 s) learned
+    w_c = g_c · r_c / ‖r_c‖₁      the effective float weight, ‖w_c‖₁ = g_c
+    q_c = clip(round_toward_zero(w_c / s_c), −q_max, q_max)
+
+so ‖q_c‖₁ ≤ ‖w_c‖₁/s_c = g_c/s_c ≤ T by construction (truncation and clipping only
+shrink magnitudes): every dot product Σ x·q of N-bit inputs fits a P-bit signed
+accumulator. T = (2^(P−1) − 1)·2^(1_s − N) for A2Q and (2^P − 2)/(2^N − 1) for A2Q+,
+where zero-centring also bounds each sign half by T/2, which is what A2Q+ needs
+(:mod:`hwquant.core.accumulator`). The clamp keeps a relative margin of 1e-6 below T
+and the normalization runs in float64 so float32 round-off cannot push ‖q‖₁ over T.
+
+The quantizer is a :class:`~hwquant.nn.Quantizer`: its scale is the per-channel s, its
+grid the weight format with round-toward-zero, and its input (what the export pass
+writes a ``Quant`` node for) the effective weight w — an ordinary QONNX ``Quant``
+(rounding_mode ``DOWN``) on a float weight.
+
+Initialization from a float model: ``hwquant.quantize`` gives g = min(‖r‖₁, T·s) (the
+float channel scaled down uniformly where it exceeds the budget — at small P often to
+all-zero codes); :func:`ep_init` projects each channel onto the L1 ball of radius s·T
+instead (A2Q+ paper), and :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
+codes from data (:meth:`~A2QWeightQuantizer.freeze_codes`; :func:`unfreeze` resumes
+QAT from them). Layers build the quantizer from an A2Q weight spec and their input
+quantizer; other matmuls (e.g. recurrent gates) can build one directly with
+``A2QWeightQuantizer(spec, weight, input_format)``.
+
+Example:
+    >>> import torch
+    >>> from hwquant.nn import QuantLinear
+    >>> from hwquant.spec import A2Q, A4U, IntFormat, LayerSpec
+    >>> spec = LayerSpec(input=A4U, weight=A2Q(IntFormat(4, narrow=True), accumulator_bits=10))
+    >>> layer = QuantLinear(64, 8, spec=spec)
+    >>> wq = layer.weight_quant
+    >>> wq.accumulator_bits, round(wq.l1_bound, 3)   # T = 511 / 16
+    (10, 31.938)
+    >>> bool(wq.codes(layer.weight).abs().sum(1).max() <= wq.l1_bound)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hwquant.core.accumulator import l1_budget, min_feasible_bits, project_l1_ball
+from hwquant.core.scaling import EPS, check_finite
+from hwquant.nn.quantizer import Quantizer
+from hwquant.spec.a2q import A2Q
+from hwquant.spec.formats import IntFormat
+
+__all__ = [
+    "MARGIN",
+    "A2QWeightQuantizer",
+    "BoundCheck",
+    "a2q_layers",
+    "a2q_penalty",
+    "check_bounds",
+    "ep_init",
+    "layer_label",
+    "unfreeze",
+]
+
+#: relative margin kept below the L1 budget T (absorbs float32 round-off).
+MARGIN = 1e-6
+
+
+def layer_label(layer: nn.Module) -> str:
+    """``QuantConv2d(16→32)``-style label for error messages (layers have no path yet)."""
+    t = type(layer).__name__
+    if hasattr(layer, "in_features"):
+        return f"{t}({layer.in_features}→{layer.out_features})"
+    if hasattr(layer, "in_channels"):
+        return f"{t}({layer.in_channels}→{layer.out_channels})"
+    return t
+
+
+class A2QWeightQuantizer(Quantizer):
+    """Accumulator-aware weight quantizer (see the module docstring).
+
+    Args:
+        spec: an :class:`~hwquant.spec.A2Q` or :class:`~hwquant.spec.A2QPlus` spec.
+        weight: the weight it quantizes (shape; initial g and s from its statistics).
+        input_format: the N-bit integer format of the layer's input.
+        owner: label of the owning layer, used in error messages.
+
+    Attributes: ``accumulator_bits`` (P), ``input_format``, ``zero_centre``,
+    ``l1_bound`` (T or T⁺), ``norm_param`` (log2 g per channel).
+    """
+
+    def __init__(
+        self,
+        spec: A2Q,
+        weight: Tensor,
+        input_format: IntFormat,
+        *,
+        owner: str = "",
+        name: str = "",
+    ) -> None:
+        if not isinstance(spec, A2Q):
+            raise ValueError(f"A2QWeightQuantizer needs an A2Q / A2QPlus spec, got {spec!r}")
+        if not isinstance(input_format, IntFormat):
+            raise ValueError(f"input_format must be an IntFormat, got {input_format!r}")
+        owner = owner or "layer"
+        bits, n_in, signed = spec.accumulator_bits, input_format.bits, input_format.signed
+        p_min = min_feasible_bits(n_in, signed, spec.zero_centre)
+        if bits < p_min:
+            raise ValueError(
+                f"{owner}: {type(spec).__name__}(accumulator_bits={bits}) can never be met with "
+                f"{input_format.name} inputs (every weight would round to zero); "
+                f"the minimum accumulator for this layer is P = {p_min}"
+            )
+        super().__init__(spec, tuple(weight.shape), name=name)
+        self.role = "weight"
+        self.owner = owner
+        self.input_format = input_format
+        self.accumulator_bits = bits
+        self.zero_centre = spec.zero_centre
+        self.l1_bound = l1_budget(bits, n_in, signed, spec.zero_centre)
+        self.axis = spec.granularity.axis % weight.dim()
+        self.channels = int(weight.shape[self.axis])
+        self.norm_param = nn.Parameter(torch.zeros(self.channels))
+        self.register_buffer("frozen", torch.tensor(False))
+        self.init_from(weight.detach())
+
+    @classmethod
+    def for_layer(cls, layer: nn.Module, spec: A2Q) -> A2QWeightQuantizer:
+        """The quantizer of ``layer.weight``; the input format comes from the layer's
+        input quantizer (``layer.layer_spec.input``) or, if it has none, from
+        ``spec.input_format``; neither is a ``ValueError`` naming the layer."""
+        owner = layer_label(layer)
+        return cls(spec, layer.weight, _input_format(layer, spec, owner), owner=owner)
+
+    # ---------------------------------------------------------------- rows
+    def _rows(self, v: Tensor) -> Tensor:
+        """[C, K'] float64 rows, one per output channel (zero-centred for A2Q+)."""
+        rows = v.movedim(self.axis, 0).reshape(self.channels, -1).double()
+        return rows - rows.mean(1, keepdim=True) if self.zero_centre else rows
+
+    def _unrows(self, rows: Tensor, like: Tensor) -> Tensor:
+        shape = like.movedim(self.axis, 0).shape
+        return rows.to(like.dtype).reshape(shape).movedim(0, self.axis)
+
+    def _scale_rows(self) -> Tensor:
+        return self.scale().reshape(self.channels)
+
+    # ---------------------------------------------------------------- g and w
+    def max_norm(self) -> Tensor:
+        """T·s per channel (with the round-off margin): the largest allowed g."""
+        return self._scale_rows() * (self.l1_bound * (1.0 - MARGIN))
+
+    def norm(self) -> Tensor:
+        """g = min(2^γ, T·s) per channel."""
+        return torch.minimum(torch.exp2(self.norm_param), self.max_norm())
+
+    def effective_weight(self, v: Tensor) -> Tensor:
+        """w = g·r/‖r‖₁ per channel (r = v, or v − mean(v) for A2Q+), in v's layout."""
+        rows = self._rows(v)
+        g = self.norm().double()
+        # ‖w‖₁ ≤ g still holds with the floor, which keeps the gradient of an (almost)
+        # all-zero channel finite (g / ‖r‖₁ would overflow).
+        factor = g / torch.maximum(rows.abs().sum(1), g * 1e-6)
+        return self._unrows(rows * factor.unsqueeze(1), v)
+
+    def _frozen_weight(self, v: Tensor) -> Tensor:
+        return v
+
+    def _set_forward(self) -> None:
+        super()._set_forward()
+        frozen = getattr(self, "frozen", None)  # absent while Quantizer.__init__ runs
+        self._weight_fn = (
+            self._frozen_weight if frozen is not None and bool(frozen) else self.effective_weight
+        )
+
+    def forward(self, v: Tensor) -> Tensor:
+        return self._forward(self._weight_fn(v))
+
+    # ---------------------------------------------------------------- initialization
+    @torch.no_grad()
+    def _set_state(self, s: Tensor, g: Tensor) -> None:
+        s = s.float().clamp(min=EPS)
+        p = torch.log2(s) if self.log2 else s
+        self.scale_param.copy_(p.reshape(self.scale_shape))
+        self.norm_param.copy_(torch.log2(g.float().clamp(min=EPS)))
+        self.initialized.fill_(True)
+        self._set_forward()
+
+    def _init_scale(self, rows: Tensor) -> Tensor:
+        # max|r| maps to q_max + 1/2: the top code survives truncation despite round-off.
+        return (rows.abs().amax(1) / (self.grid.hi + 0.5)).clamp(min=EPS)
+
+    @torch.no_grad()
+    def init_from(self, x: Tensor) -> None:
+        """s from max|r| per channel, g = min(‖r‖₁, T·s): the float weight scaled down
+        uniformly where it exceeds the budget (use :meth:`ep_init` to project instead)."""
+        check_finite(x, f"weight of {self.owner}")
+        if bool(getattr(self, "frozen", False)):
+            self.frozen.fill_(False)
+        rows = self._rows(x.detach())
+        s = self._init_scale(rows)
+        limit = s * (self.l1_bound * (1.0 - MARGIN))
+        self._set_state(s, torch.minimum(rows.abs().sum(1), limit))
+
+    @torch.no_grad()
+    def ep_init(self, v: Tensor) -> Tensor:
+        """Euclidean-projection init (A2Q+ paper, REFERENCE.md §2): s from max|r|, each
+        channel projected onto the L1 ball of radius s·T (Duchi et al.), g = min(‖r*‖₁,
+        s·T). Returns the projected weight (v's layout) for the caller to store."""
+        check_finite(v, f"weight of {self.owner}")
+        self.frozen.fill_(False)
+        rows = self._rows(v.detach())
+        s = self._init_scale(rows)
+        radius = s * (self.l1_bound * (1.0 - MARGIN))
+        proj = project_l1_ball(rows, radius)
+        self._set_state(s, torch.minimum(proj.abs().sum(1), radius))
+        return self._unrows(proj, v)
+
+    @torch.no_grad()
+    def freeze_codes(self, q: Tensor, s: Tensor) -> Tensor:
+        """Fix the integer codes (e.g. from accumulator-aware PTQ): ``q`` [C, K'] rows,
+        ``s`` [C] scales. Checks the budget (``ValueError`` if exceeded), stops the
+        normalization and returns the weight to store, s·(q + sign(q)/2), which rounds
+        toward zero back to exactly q. :meth:`init_from` / :meth:`ep_init` unfreeze."""
+        q = q.double().reshape(self.channels, -1)
+        bad = int((~_within_budget(q, self.l1_bound, self.zero_centre)).sum())
+        if bad:
+            raise ValueError(
+                f"{self.owner}: {bad} channel(s) of the given codes exceed the "
+                f"{'A2Q+' if self.zero_centre else 'A2Q'} budget {self.l1_bound:.4g}"
+            )
+        if q.numel() and float(q.abs().max()) > self.grid.hi:
+            raise ValueError(f"{self.owner}: codes exceed the weight format {self.spec.format}")
+        s = s.double().reshape(self.channels, 1).clamp(min=EPS)
+        rows = s * (q + 0.5 * torch.sign(q))
+        self.frozen.fill_(True)
+        limit = s.reshape(-1) * (self.l1_bound * (1.0 - MARGIN))
+        self._set_state(s.reshape(-1), torch.minimum(rows.abs().sum(1), limit))
+        shape = (self.channels, *[n for i, n in enumerate(self.shape) if i != self.axis])
+        return rows.float().reshape(shape).movedim(0, self.axis)
+
+    @torch.no_grad()
+    def unfreeze(self, v: Tensor) -> Tensor:
+        """Back to the trainable normalized form, starting from the frozen codes q
+        (e.g. QAT after accumulator-aware PTQ): returns the weight s·(q + δ·sign(q))
+        with δ ≤ 1/2 per channel small enough that ‖w/s‖₁ stays within the budget, so
+        the codes survive (A2Q+ re-centres the channels, which moves them slightly)."""
+        if not bool(self.frozen):
+            return v
+        q = self.codes(v).double()  # [C, K']
+        s = self._scale_rows().detach().double().unsqueeze(1)
+        nnz = (q != 0).sum(1, keepdim=True).clamp(min=1)
+        room = self.l1_bound * (1.0 - 2 * MARGIN) - q.abs().sum(1, keepdim=True)
+        delta = (0.9 * room / nnz).clamp(min=0.0, max=0.5)
+        rows = s * (q + delta * torch.sign(q))
+        self.frozen.fill_(False)
+        limit = s.squeeze(1) * (self.l1_bound * (1.0 - MARGIN))
+        self._set_state(s.squeeze(1), torch.minimum(rows.abs().sum(1), limit))
+        return self._unrows(rows, v)
+
+    # ---------------------------------------------------------------- training aids
+    def penalty(self) -> Tensor:
+        """Σ_c ReLU(2^γ_c − T·s_c): keeps g from drifting above the clamp (A2Q)."""
+        return torch.relu(torch.exp2(self.norm_param) - self.max_norm()).sum()
+
+    # ---------------------------------------------------------------- inspection
+    @torch.no_grad()
+    def codes(self, v: Tensor) -> Tensor:
+        """Integer codes q as [C, K'] rows (one per output channel), whatever the
+        enabled state."""
+        s = self.scale().detach()
+        w = self.quantize(self._weight_fn(v.detach()), s, None)
+        return torch.round(w / s).movedim(self.axis, 0).reshape(self.channels, -1)
+
+    @torch.no_grad()
+    def check(self, v: Tensor) -> BoundCheck:
+        """Whether the codes of ``v`` respect the budget (see :class:`BoundCheck`)."""
+        q = self.codes(v).double()
+        pos = q.clamp(min=0).sum(1)
+        neg = (-q).clamp(min=0).sum(1)
+        ok = _within_budget(q, self.l1_bound, self.zero_centre)
+        return BoundCheck(
+            owner=self.owner,
+            accumulator_bits=self.accumulator_bits,
+            zero_centre=self.zero_centre,
+            bound=self.l1_bound,
+            l1_max=float((pos + neg).max()),
+            half_max=float(torch.maximum(pos, neg).max()),
+            violations=int((~ok).sum()),
+            sparsity=float((q == 0).double().mean()),
+        )
+
+    def extra_repr(self) -> str:
+        kind = "A2Q+" if self.zero_centre else "A2Q"
+        return (
+            f"{self.spec.format.name} {kind} P={self.accumulator_bits} "
+            f"input={self.input_format.name} T={self.l1_bound:.4g}"
+            + (" frozen" if bool(self.frozen) else "")
+        )
+
+
+def _within_budget(q: Tensor, bound: float, zero_centre: bool) -> Tensor:
+    """Per row: ‖q‖₁ ≤ T (A2Q), or each sign half ≤ T⁺/2 (A2Q+)."""
+    pos = q.clamp(min=0).sum(1)
+    neg = (-q).clamp(min=0).sum(1)
+    if zero_centre:
+        return torch.maximum(pos, neg) <= bound / 2
+    return pos + neg <= bound
+
+
+def _input_format(layer: nn.Module, spec: A2Q, owner: str) -> IntFormat:
+    name = type(spec).__name__
+    declared = spec.input_format
+    in_spec = getattr(getattr(layer, "layer_spec", None), "input", None)
+    if in_spec is None:
+        if declared is None:
+            raise ValueError(
+                f"{owner}: {name} needs the N-bit format of the layer's input to bound its "
+                "accumulator, but the input is not quantized: give the layer an input "
+                f"quantizer (LayerSpec.input) or declare it, e.g. {name}(..., "
+                "input_format=IntFormat(4, signed=False))"
+            )
+        return declared
+    fmt = in_spec.format
+    if not isinstance(fmt, IntFormat) or in_spec.zero_point != "symmetric":
+        raise ValueError(
+            f"{owner}: {name} needs a symmetric integer input quantizer, got {in_spec.describe()}"
+        )
+    if declared is not None and declared.bits != fmt.bits:
+        raise ValueError(
+            f"{owner}: {name}.input_format={declared.name} contradicts the layer's input "
+            f"quantizer ({fmt.name})"
+        )
+    return fmt
+
+
+@dataclass(frozen=True)
+class BoundCheck:
+    """Budget check of one constrained layer: the largest ‖q‖₁ and sign half over its
+    channels, the budget T, and how many channels violate it (0 by construction)."""
+
+    owner: str
+    accumulator_bits: int
+    zero_centre: bool
+    bound: float
+    l1_max: float
+    half_max: float
+    violations: int
+    sparsity: float
+
+    @property
+    def ok(self) -> bool:
+        return self.violations == 0
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"ok": self.ok}
+
+
+# -------------------------------------------------------------------- model helpers
+def a2q_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, A2QWeightQuantizer]]:
+    """(path, layer, quantizer) for every layer whose weight has an A2Q quantizer."""
+    for path, m in model.named_modules():
+        q = getattr(m, "weight_quant", None)
+        if isinstance(q, A2QWeightQuantizer):
+            yield path, m, q
+
+
+def a2q_penalty(model: nn.Module) -> Tensor:
+    """Σ over A2Q layers of their :meth:`~A2QWeightQuantizer.penalty` (add λ times it to
+    the loss, e.g. ``fit(..., extra_loss=lambda m: 1e-3 * a2q_penalty(m))``)."""
+    terms = [q.penalty() for _, _, q in a2q_layers(model)]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def ep_init(model: nn.Module) -> list[str]:
+    """Euclidean-projection init of every A2Q layer of ``model``, in place (the
+    weights are replaced by their projection). Returns the layer paths."""
+    done = []
+    for path, layer, q in a2q_layers(model):
+        layer.weight.copy_(q.ep_init(layer.weight))
+        done.append(path)
+    return done
+
+
+@torch.no_grad()
+def unfreeze(model: nn.Module) -> list[str]:
+    """:meth:`~A2QWeightQuantizer.unfreeze` every frozen A2Q layer of ``model`` in place
+    (QAT from accumulator-aware PTQ codes). Returns the layer paths."""
+    done = []
+    for path, layer, q in a2q_layers(model):
+        if bool(q.frozen):
+            layer.weight.copy_(q.unfreeze(layer.weight))
+            done.append(path)
+    return done
+
+
+def check_bounds(model: nn.Module) -> dict[str, BoundCheck]:
+    """{layer path: BoundCheck} for every A2Q layer.
+
+    >>> from hwquant.models import MLP
+    >>> from hwquant.spec import A2Q, A4U, Recipe
+    >>> import hwquant
+    >>> m = hwquant.quantize(MLP((64, 10)), Recipe.uniform(A2Q(accumulator_bits=12), A4U))
+    >>> {k: v.ok for k, v in check_bounds(m).items()}
+    {'layers.0': True}
+    """
+    return {path: q.check(layer.weight) for path, layer, q in a2q_layers(model)}

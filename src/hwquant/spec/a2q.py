@@ -1,0 +1,123 @@
+"""Accumulator-aware weight quantizer specs: A2Q and A2Q+ (REFERENCE.md §1–2).
+
+``A2Q(accumulator_bits=P)`` is a weight :class:`~hwquant.spec.QuantSpec` whose quantizer
+guarantees that every dot product of the layer fits a P-bit signed accumulator: per
+output channel the weights are normalized (w = g·v/‖v‖₁), g/s is clamped to the L1
+budget T(P, N, 1_s) of the layer's N-bit input, and codes are rounded toward zero.
+``A2QPlus`` also zero-centres each channel and uses the looser A2Q+ budget.
+
+The input format (N and signedness) comes from the layer's input quantizer, or from
+``input_format`` when the layer's input is quantized elsewhere (e.g. by the previous
+activation); a layer with neither is an error when it is built.
+
+Example:
+    >>> spec = A2Q(IntFormat(4, narrow=True), accumulator_bits=12)
+    >>> spec.describe()
+    'INT4n per-channel(0) max learned-log2 toward_zero A2Q(P=12)'
+    >>> A2QPlus(accumulator_bits=16).zero_centre, A2QPlus(accumulator_bits=16).format.name
+    (True, 'INT8n')
+    >>> from hwquant.spec.serialize import dumps, loads
+    >>> loads(dumps(spec)) == spec
+    True
+    >>> A2Q(accumulator_bits=12, rounding="half_even")
+    Traceback (most recent call last):
+    ...
+    ValueError: A2Q.rounding must be 'toward_zero' (rounding up could break the accumulator bound), got 'half_even'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from hwquant.spec.formats import Format, IntFormat
+from hwquant.spec.quant_spec import Granularity, QuantSpec, ScaleSpec, per_channel
+from hwquant.spec.serialize import serializable
+
+__all__ = ["A2Q", "MAX_ACCUMULATOR_BITS", "A2QPlus"]
+
+#: the widest accumulator an A2Q spec may name (integer execution emulates it in int64).
+MAX_ACCUMULATOR_BITS = 64
+
+# Defaults (frozen values, safe to share).
+_INT8N = IntFormat(8, narrow=True)
+_PER_OUT_CHANNEL = per_channel(0)
+_LEARNED_LOG2 = ScaleSpec("max", learned=True, log2_domain=True)
+
+
+@serializable
+@dataclass(frozen=True)
+class A2Q(QuantSpec):
+    """A2Q weight quantizer spec (Colbert et al., ICCV 2023).
+
+    Fields beyond :class:`QuantSpec`'s (keyword-only):
+
+    accumulator_bits: P, the signed accumulator width to guarantee (2–64).
+    input_format: the N-bit integer format of the layer's input when the layer has
+        no input quantizer of its own (``None``: read it from the layer).
+
+    Defaults: 8-bit narrow signed weights, per output channel, scale learned in
+    the log2 domain, round toward zero (required: rounding up could break the bound).
+    """
+
+    format: Format = _INT8N
+    granularity: Granularity = _PER_OUT_CHANNEL
+    scale: ScaleSpec = _LEARNED_LOG2
+    rounding: str = "toward_zero"
+    accumulator_bits: int = field(kw_only=True)
+    input_format: IntFormat | None = field(default=None, kw_only=True)
+
+    #: A2Q+ (zero-centred channels, budget (2^P − 2)/(2^N − 1)) when True.
+    zero_centre: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        fmt = self.format
+        if not isinstance(fmt, IntFormat) or not fmt.signed or fmt.bits < 2:
+            raise ValueError(f"{name}.format must be a signed IntFormat of ≥ 2 bits, got {fmt!r}")
+        if self.granularity.kind != "channel":
+            raise ValueError(
+                f"{name}.granularity must be per-channel (the bound is per output channel), "
+                f"got {self.granularity}"
+            )
+        if not self.scale.learned or self.scale.power_of_two:
+            raise ValueError(
+                f"{name}.scale must be learned and not power-of-two (A2Q learns g and s), "
+                f"got {self.scale!r}"
+            )
+        if self.zero_point != "symmetric":
+            raise ValueError(f"{name}.zero_point must be 'symmetric', got {self.zero_point!r}")
+        if self.rounding != "toward_zero":
+            raise ValueError(
+                f"{name}.rounding must be 'toward_zero' (rounding up could break the "
+                f"accumulator bound), got {self.rounding!r}"
+            )
+        p = self.accumulator_bits
+        if isinstance(p, bool) or not isinstance(p, int) or not 2 <= p <= MAX_ACCUMULATOR_BITS:
+            raise ValueError(
+                f"{name}.accumulator_bits must be an int in [2, {MAX_ACCUMULATOR_BITS}], got {p!r}"
+            )
+        inp = self.input_format
+        if inp is not None and not isinstance(inp, IntFormat):
+            raise ValueError(f"{name}.input_format must be an IntFormat or None, got {inp!r}")
+
+    def describe(self) -> str:
+        return f"{super().describe()} {type(self).__name__}(P={self.accumulator_bits})"
+
+    def short(self) -> str:
+        tag = "A2Q+" if self.zero_centre else "A2Q"
+        return f"{super().short()} {tag}{self.accumulator_bits}"
+
+
+@serializable
+@dataclass(frozen=True)
+class A2QPlus(A2Q):
+    """A2Q+ weight quantizer spec (Colbert et al., ICML 2024): A2Q with zero-centred
+    channels and the looser budget ‖q‖₁ ≤ (2^P − 2)/(2^N − 1) (each sign half ≤ half of it).
+
+    >>> A2QPlus(IntFormat(4, narrow=True), accumulator_bits=12).short()
+    'INT4n/ch A2Q+12'
+    """
+
+    zero_centre: ClassVar[bool] = True
