@@ -17,17 +17,6 @@ onnx = pytest.importorskip("onnx")
 
 from hwquant.export import to_qonnx, verify  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not slow down 10x when the
-    machine is busy (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 A4 = QuantSpec(IntFormat(4), scale=ScaleSpec("percentile", learned=True))
 
 

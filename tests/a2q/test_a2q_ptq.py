@@ -15,17 +15,6 @@ from hwquant.analysis import overflow_audit
 from hwquant.nn.a2q import check_bounds
 from hwquant.spec import A2Q, A2QPlus, IntFormat, QuantSpec, Recipe, ScaleSpec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not slow down 10x when the
-    machine is busy (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 A4 = QuantSpec(IntFormat(4), scale=ScaleSpec("percentile", learned=True))
 
 

@@ -37,17 +37,6 @@ from hwquant.spec import (
     per_channel,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not slow down 10x when the
-    machine is busy (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 W4 = IntFormat(4, narrow=True)
 
 

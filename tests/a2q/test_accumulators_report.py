@@ -15,17 +15,6 @@ from hwquant.cli.main import main
 from hwquant.nn import QuantConv2d, QuantConvTranspose2d, QuantLinear
 from hwquant.spec import A2Q, A2QPlus, IntFormat, LayerSpec, QuantSpec, Recipe, ScaleSpec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not slow down 10x when the
-    machine is busy (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FIXED = ScaleSpec("fixed", value=1.0)
 U4 = QuantSpec(IntFormat(4, signed=False), scale=FIXED)
 

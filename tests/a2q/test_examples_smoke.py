@@ -7,18 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not slow down 10x when the
-    machine is busy (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "a2q"
 

@@ -22,17 +22,6 @@ from hwquant.spec import (
     per_channel,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not slow down 10x when the
-    machine is busy (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 A8 = QuantSpec(IntFormat(8), scale=ScaleSpec("percentile", learned=True))
 A4 = QuantSpec(IntFormat(4), scale=ScaleSpec("percentile", learned=True))
 W4 = QuantSpec(IntFormat(4, narrow=True), per_channel(0), ScaleSpec(learned=True))
