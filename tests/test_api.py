@@ -110,3 +110,13 @@ def test_fold_bn_into_quantized_layer_keeps_scales_consistent():
     torch.testing.assert_close(
         qm[0].weight_quant.scale().detach().flatten(), w.abs().amax((1, 2, 3)) / 127
     )
+
+
+def test_fold_bn_updates_the_quantize_report():
+    from hwquant.algorithms import fold_bn
+    from hwquant.models import DigitsCNN
+
+    qm = hwquant.quantize(DigitsCNN(), Recipe.uniform(weights=W4, activations=A8)).eval()
+    fold_bn.apply(qm)
+    notes = {e.name: e.detail for e in qm.hwquant_report.entries}
+    assert notes["features.1"] == "folded into features.0"

@@ -128,4 +128,16 @@ def apply(model: nn.Module, data=None, config: FoldBNConfig | None = None) -> Fo
         parent, _, leaf = bn_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
         report.folded.append(f"{layer_name}+{bn_name}")
+    _note_in_quantize_report(model, pairs)
     return report
+
+
+def _note_in_quantize_report(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Keep ``model.hwquant_report`` (from ``hwquant.quantize``) truthful."""
+    qreport = getattr(model, "hwquant_report", None)
+    if qreport is None:
+        return
+    into = {bn: layer for layer, bn in pairs}
+    for entry in qreport.entries:
+        if entry.name in into:
+            entry.detail = f"folded into {into[entry.name]}"
