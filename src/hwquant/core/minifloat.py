@@ -33,9 +33,15 @@ def minifloat_round(
     rounding: Callable[[Tensor], Tensor] = round_half_even,
 ) -> Tensor:
     """Round v onto the ExMy grid with unbounded exponent above (no range clamp)."""
-    _, exp = torch.frexp(v)  # |v| = m·2^exp, m ∈ [0.5, 1) → ⌊log2|v|⌋ = exp − 1
-    e = torch.clamp(exp - 1, min=min_exponent)
-    step = torch.ldexp(torch.ones_like(v), e - mantissa_bits)
+    if v.dtype == torch.float32:
+        # 2^⌊log2|v|⌋ is v with its sign and mantissa bits cleared (0 for 0 and
+        # float32 subnormals, which the clamp to 2^e_min covers): no frexp needed.
+        binade = (v.view(torch.int32) & 0x7F800000).view(torch.float32)
+        step = torch.clamp(binade, min=2.0**min_exponent) * 2.0**-mantissa_bits
+    else:
+        _, exp = torch.frexp(v)  # |v| = m·2^exp, m ∈ [0.5, 1) → ⌊log2|v|⌋ = exp − 1
+        e = torch.clamp(exp - 1, min=min_exponent)
+        step = torch.ldexp(torch.ones_like(v), e - mantissa_bits)
     q = rounding(v / step) * step
     if not has_subnormal:
         min_normal = 2.0**min_exponent
