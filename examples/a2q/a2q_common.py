@@ -74,6 +74,17 @@ def penalty_loss(model: nn.Module) -> torch.Tensor:
     return PENALTY * a2q_penalty(model)
 
 
+def setup(model: nn.Module, calib: torch.Tensor, method: str, init: str = "ep"):
+    """Calibrate a baseline model, or initialize an A2Q(+) one (``prepare``); returns
+    the extra loss term for training (None for the baseline)."""
+    if method == "baseline":
+        with hwquant.calibration(model):
+            model(calib)
+        return None
+    prepare(model, calib, init)
+    return penalty_loss
+
+
 @dataclass
 class Audit:
     """Accumulator facts of a trained model at P bits."""

@@ -78,13 +78,7 @@ def qat(s: Settings, fm, data: DigitsData, method: str, w: int, a: int, P, init:
     torch.manual_seed(s.seed)
     model = hwquant.quantize(fm, C.recipe(method, w, a, P))
     calib = data.calibration_batch(512)
-    if method == "baseline":
-        with hwquant.calibration(model):
-            model(calib)
-        extra = None
-    else:
-        C.prepare(model, calib, init)
-        extra = C.penalty_loss
+    extra = C.setup(model, calib, method, init)
     fit(
         model, data.train, data.test, epochs=s.qat_epochs, lr=s.lr, progress=False, extra_loss=extra
     )

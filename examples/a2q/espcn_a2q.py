@@ -137,13 +137,7 @@ def qat(s: Settings, fm: nn.Module, data, method: str, P, init: str = "ep") -> n
     model = hwquant.quantize(fm, rec)
     lr_img, hr_img = data
     calib = lr_img[:256]
-    if method == "baseline":
-        with hwquant.calibration(model):
-            model(calib)
-        extra = None
-    else:
-        C.prepare(model, calib, init)
-        extra = C.penalty_loss
+    extra = C.setup(model, calib, method, init)
     return train(model, lr_img, hr_img, s.qat_steps, s.lr_qat, s, extra)
 
 

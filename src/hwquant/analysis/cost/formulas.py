@@ -255,13 +255,11 @@ def finn_mvau_luts(
     W: int,
     A: int,
     acc_bits: int,
-    *,
-    mult_in_dsp: bool = False,
-    out_bits: int | None = None,
-    weights_in_lutram: bool = False,
-    thresholds_in_lutram: bool = True,
+    **options: bool | int | None,
 ) -> int:
-    """Total LUTs of a FINN MVAU, see :func:`mvau_lut_breakdown` (REFERENCE.md §5).
+    """Total LUTs of a FINN MVAU: ``mvau_lut_breakdown(...).total`` with the same
+    keyword options (mult_in_dsp, out_bits, weights_in_lutram, thresholds_in_lutram);
+    see :func:`mvau_lut_breakdown` (REFERENCE.md §5).
 
     Check (REFERENCE.md §5): MW=64, MH=32, PE=4, SIMD=8, W=A=4, unsigned input, P from
     the data-type bound (15) → 1738.
@@ -269,19 +267,7 @@ def finn_mvau_luts(
     >>> finn_mvau_luts(64, 32, 4, 8, 4, 4, 15)
     1738
     """
-    return mvau_lut_breakdown(
-        MW,
-        MH,
-        PE,
-        SIMD,
-        W,
-        A,
-        acc_bits,
-        mult_in_dsp=mult_in_dsp,
-        out_bits=out_bits,
-        weights_in_lutram=weights_in_lutram,
-        thresholds_in_lutram=thresholds_in_lutram,
-    ).total
+    return mvau_lut_breakdown(MW, MH, PE, SIMD, W, A, acc_bits, **options).total
 
 
 #: BRAM18 aspect ratios (depth, width) in simple-dual-port mode (Xilinx UG573).
