@@ -9,17 +9,19 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
+	@echo "hwquant: installing the pinned dependencies into $(VENV) (first run only, a few minutes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --progress-bar on -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+	@echo "hwquant: ready; run the CLI as $(VENV)/bin/hwquant (or: source $(VENV)/bin/activate)"
 
 demo: $(STAMP)
 	$(PY) -m hwquant.cli.main demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks $(wildcard examples)
-	$(PY) -m pytest -q -m "not slow and not gpu" --doctest-modules src/hwquant tests
+	$(PY) -m pytest -q -n 2 -m "not slow and not gpu" --durations=15 --doctest-modules src/hwquant tests
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

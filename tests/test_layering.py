@@ -7,7 +7,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "hwquant"
 ORDER = ["spec", "core", "nn", "api", "algorithms", "export", "analysis", "cli"]
 # Helpers at a layer's level: data and models use torch only; training is api-level.
 LEVEL = {name: i for i, name in enumerate(ORDER)}
-LEVEL.update({"datasets": 0, "models": 0, "training": LEVEL["api"], "graph": LEVEL["algorithms"]})
+LEVEL.update(
+    {
+        "datasets": 0,
+        "models": 0,
+        "training": LEVEL["api"],
+        "graph": LEVEL["algorithms"],
+        "checkpoint": LEVEL["algorithms"],  # replays algorithms (fold_bn) on load
+    }
+)
 
 
 def _layer(path: Path) -> str:

@@ -9,14 +9,15 @@
 from hwquant.api import (
     QuantizeReport,
     calibration,
-    load_checkpoint,
+    clipping,
     quantize,
     quantizers,
-    save_checkpoint,
     set_quantization,
 )
+from hwquant.checkpoint import load_checkpoint, save_checkpoint
 from hwquant.spec import (
     A2Q,
+    A4,
     A4U,
     A8,
     A8U,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "A2Q",
+    "A4",
     "A4U",
     "A8",
     "A8U",
@@ -54,6 +56,7 @@ __all__ = [
     "ScaleSpec",
     "__version__",
     "calibration",
+    "clipping",
     "load_checkpoint",
     "per_channel",
     "per_group",

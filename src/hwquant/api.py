@@ -15,10 +15,10 @@ Everything else stays float and the report says so and why.
 Example:
     >>> import torch
     >>> from hwquant.models import MLP
-    >>> from hwquant.spec import W4, A4U, Recipe
-    >>> qmodel = quantize(MLP((64, 32, 10)), Recipe.uniform(weights=W4, activations=A4U))
-    >>> [e.name for e in qmodel.hwquant_report.entries if e.quantized]
-    ['layers.0', 'layers.2']
+    >>> from hwquant.spec import W4, A4, Recipe
+    >>> qmodel = quantize(MLP((64, 32, 10)), Recipe.uniform(weights=W4, activations=A4))
+    >>> [(e.name, e.short["input"]) for e in qmodel.hwquant_report.entries if e.quantized]
+    [('layers.0', 'INT4/t'), ('layers.2', 'UINT4/t')]
     >>> qmodel(torch.randn(4, 64)).shape
     torch.Size([4, 10])
 """
@@ -43,6 +43,7 @@ from hwquant.nn import (
     QuantAvgPool2d,
     QuantCat,
     Quantizer,
+    QuantLayer,
     QuantReLU,
 )
 from hwquant.spec.formats import IntFormat
@@ -50,26 +51,42 @@ from hwquant.spec.layer_spec import LayerSpec, Recipe
 from hwquant.spec.quant_spec import QuantSpec
 
 __all__ = [
+    "MODEL_ROW",
     "LayerEntry",
     "QuantizeReport",
     "calibration",
-    "load_checkpoint",
+    "clipping",
     "quantize",
     "quantizers",
-    "save_checkpoint",
     "set_quantization",
 ]
+
+#: Report row name of a model that is itself one supported layer (its path is "").
+MODEL_ROW = "(model)"
 
 
 @dataclass
 class LayerEntry:
-    """What ``quantize`` did with one module or functional op."""
+    """What ``quantize`` did with one module or functional op.
+
+    ``clipped``: for unsigned activation quantizers whose scale came from data, the
+    fraction of their input that was negative (clipped to 0), by quantizer
+    (``{"input_quant": 0.63}``); filled by :func:`clipping` (``calibration`` calls it).
+    """
 
     name: str
     type: str
     quantized: bool
     detail: dict[str, str] | str
     short: dict[str, str] | None = None
+    clipped: dict[str, float] = field(default_factory=dict)
+
+    def note(self) -> str:
+        """The clipping note of this row ("" when nothing notable was clipped)."""
+        from hwquant.nn.quantizer import CLIP_WARN_FRACTION
+
+        bad = {k: v for k, v in self.clipped.items() if v > CLIP_WARN_FRACTION}
+        return ", ".join(f"{k}: {v:.0%} negative → 0" for k, v in bad.items())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,7 +117,8 @@ class QuantizeReport:
         for e in self.entries:
             if e.short is not None:
                 d = e.short
-                t.add_row(e.name, e.type, d["input"], d["weight"], d["bias"], d["output"], "")
+                note = f"[red]{e.note()}" if e.note() else ""
+                t.add_row(e.name, e.type, d["input"], d["weight"], d["bias"], d["output"], note)
             else:
                 t.add_row(e.name, e.type, "", "", "", "", f"[yellow]{e.detail}")
         return t
@@ -110,6 +128,8 @@ class QuantizeReport:
         for e in self.entries:
             d = e.detail
             desc = ", ".join(f"{k}={v}" for k, v in d.items()) if isinstance(d, dict) else d
+            if e.note():
+                desc += f"  [clipped: {e.note()}]"
             lines.append(f"{e.name:<24} {e.type:<18} {desc}")
         return "\n".join(lines)
 
@@ -195,6 +215,8 @@ def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
 
 def _float_reason(module: nn.Module, recipe: Recipe, name: str) -> str:
     t = type(module).__name__
+    if type(module) not in QUANT_TYPES and recipe.spec_for(name, t) is not None:
+        return f"no quantized {t} yet: stays float (the recipe asks to quantize it)"
     if recipe.has_entry_for(name, t):
         return "kept float by the recipe"
     if type(module) in QUANT_TYPES:
@@ -206,22 +228,59 @@ def _float_reason(module: nn.Module, recipe: Recipe, name: str) -> str:
     return "float: no arithmetic"
 
 
+def _own_parameters_reason(module: nn.Module) -> str | None:
+    """Why a float container's own parameters (not its children's) stay float, e.g.
+    ``nn.MultiheadAttention.in_proj_weight``; None when it holds none."""
+    own = [n for n, _ in module.named_parameters(recurse=False)]
+    if not own or isinstance(module, QuantLayer | Quantizer | BiasQuantizer):
+        return None
+    t = type(module).__name__
+    return (
+        f"unsupported: no quantized {t} yet; its own parameters ({', '.join(own)}) "
+        "stay float (its forward uses them directly, not through a child layer)"
+    )
+
+
+def _swap_one(
+    model: nn.Module, name: str, module: nn.Module, recipe: Recipe, unsigned: bool
+) -> tuple[nn.Module | None, LayerEntry]:
+    """The quantized twin of one leaf module (None to keep it) and its report row."""
+    t = type(module).__name__
+    row = name or MODEL_ROW
+    qtype = QUANT_TYPES.get(type(module))
+    spec = recipe.spec_for(name, t) if qtype is not None else None
+    if spec is None:
+        return None, LayerEntry(row, t, False, _float_reason(module, recipe, name))
+    if unsigned and recipe.unsigned_after_relu:
+        spec = _input_unsigned(spec)
+    new = qtype.from_float(module, spec)
+    return new, LayerEntry(row, t, True, spec.describe(), spec.describe(True))
+
+
 def _swap_modules(
     model: nn.Module, recipe: Recipe, unsigned_inputs: set[str], report: QuantizeReport
-) -> None:
+) -> nn.Module:
+    """Swap supported leaves for their twins; returns the model (a new object when the
+    model is itself one supported layer, e.g. ``quantize(nn.Linear(4, 2), recipe)``)."""
+    if next(model.children(), None) is None and not isinstance(model, Quantizer):
+        new, entry = _swap_one(model, "", model, recipe, False)
+        report.entries.append(entry)
+        return model if new is None else new
     for name, module in list(model.named_modules()):
-        if not name or next(module.children(), None) is not None or isinstance(module, Quantizer):
+        if isinstance(module, Quantizer):
             continue
-        t = type(module).__name__
-        qtype = QUANT_TYPES.get(type(module))
-        spec = recipe.spec_for(name, t) if qtype is not None else None
-        if spec is None:
-            report.entries.append(LayerEntry(name, t, False, _float_reason(module, recipe, name)))
+        if next(module.children(), None) is not None:
+            reason = _own_parameters_reason(module)
+            if reason is not None:
+                report.entries.append(
+                    LayerEntry(name or MODEL_ROW, type(module).__name__, False, reason)
+                )
             continue
-        if name in unsigned_inputs and recipe.unsigned_after_relu:
-            spec = _input_unsigned(spec)
-        _set_submodule(model, name, qtype.from_float(module, spec))
-        report.entries.append(LayerEntry(name, t, True, spec.describe(), spec.describe(True)))
+        new, entry = _swap_one(model, name, module, recipe, name in unsigned_inputs)
+        if new is not None:
+            _set_submodule(model, name, new)
+        report.entries.append(entry)
+    return model
 
 
 def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeReport) -> bool:
@@ -295,6 +354,7 @@ def quantize(model: nn.Module, recipe: Recipe, *, inplace: bool = False) -> nn.M
         raise ValueError(f"recipe must be a hwquant.spec.Recipe, got {type(recipe).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
+    architecture = getattr(model, "hwquant_architecture", None)  # a GraphModule drops it
     report = QuantizeReport()
     unsigned: set[str] = set()
     gm: fx.GraphModule | None = None
@@ -307,10 +367,13 @@ def quantize(model: nn.Module, recipe: Recipe, *, inplace: bool = False) -> nn.M
         unsigned = _unsigned_input_modules(gm)
         if _rewrite_functional(gm, recipe, report):
             model = gm
-    _swap_modules(model, recipe, unsigned, report)
+    model = _swap_modules(model, recipe, unsigned, report)
     for path, q in quantizers(model):
         q.name = path
     model.hwquant_report = report
+    model.hwquant_recipe = recipe  # a model file re-applies it (hwquant.checkpoint)
+    if architecture is not None:
+        model.hwquant_architecture = architecture
     return model
 
 
@@ -349,6 +412,33 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
         for q in qs:
             if ok:
                 q.finish_calibration()
+        if ok:
+            clipping(model)
+
+
+def clipping(model: nn.Module) -> dict[str, float]:
+    """{quantizer path: fraction of its input clipped to 0} for the unsigned activation
+    quantizers whose scale came from data (first batch or calibration), and the same
+    numbers written into ``model.hwquant_report`` (``LayerEntry.clipped``, shown as a
+    note where above ``hwquant.nn.quantizer.CLIP_WARN_FRACTION``).
+
+    >>> from hwquant.models import MLP
+    >>> from hwquant.spec import W4, A8U, Recipe
+    >>> qm = quantize(MLP((8, 4)), Recipe.uniform(weights=W4, activations=A8U))
+    >>> _ = qm(torch.linspace(-1, 3, 128).reshape(16, 8))  # 1/4 negative: ClippingWarning
+    >>> clipping(qm)["layers.0.input_quant"]
+    0.25
+    """
+    out = {p: q.clipped_fraction for p, q in quantizers(model) if q.clipped_fraction is not None}
+    report = getattr(model, "hwquant_report", None)
+    if isinstance(report, QuantizeReport):
+        by_row = {e.name: e for e in report.entries if e.quantized}
+        for path, frac in out.items():
+            layer, _, qname = path.rpartition(".")
+            entry = by_row.get(layer or MODEL_ROW)
+            if entry is not None:
+                entry.clipped[qname] = frac
+    return out
 
 
 def set_quantization(model: nn.Module, enabled: bool) -> None:
@@ -357,44 +447,3 @@ def set_quantization(model: nn.Module, enabled: bool) -> None:
     for m in model.modules():
         if isinstance(m, Quantizer | BiasQuantizer | QuantAvgPool2d):
             m.enable() if enabled else m.disable()
-
-
-def save_checkpoint(
-    model: nn.Module, path: str, input_shape: tuple[int, ...] | None = None
-) -> None:
-    """Save the whole quantized ``model`` (``torch.save`` of ``{"model", "input_shape",
-    "hwquant_version"}``); ``input_shape`` is the example input's shape, batch
-    dimension included, e.g. ``(1, 1, 8, 8)``. The CLI commands read this."""
-    from hwquant import __version__
-
-    shape = None if input_shape is None else tuple(int(n) for n in input_shape)
-    torch.save({"model": model, "input_shape": shape, "hwquant_version": __version__}, path)
-
-
-def load_checkpoint(path: str) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """(model, input_shape with batch dimension, or None) from :func:`save_checkpoint`
-    output or a pickled module. Loading unpickles code: open only trusted files.
-
-    >>> import tempfile, os
-    >>> from hwquant.models import MLP
-    >>> p = os.path.join(tempfile.mkdtemp(), "m.pt")
-    >>> save_checkpoint(MLP((4, 2)), p, (1, 4))
-    >>> load_checkpoint(p)[1]
-    (1, 4)
-    """
-    import os
-
-    if not os.path.isfile(path):
-        raise ValueError(f"no checkpoint at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"cannot load checkpoint {path}: {e}") from None
-    if isinstance(obj, nn.Module):
-        return obj, None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
-        shape = obj.get("input_shape")
-        return obj["model"], tuple(int(n) for n in shape) if shape is not None else None
-    raise ValueError(
-        f"{path} is not a hwquant checkpoint: expected an nn.Module or a dict with a 'model' module"
-    )

@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +46,25 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     return correct / max(total, 1)
 
 
+class _BufferGuard:
+    """The float buffers (BN statistics, quantizer scales) as they were before a step's
+    forward, so a step whose loss is not finite can undo what its forward wrote."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.bufs = [b for b in model.buffers() if b.is_floating_point()]
+        self.saved = [b.detach().clone() for b in self.bufs]
+
+    def save(self) -> None:
+        if self.bufs:
+            torch._foreach_copy_(self.saved, [b.detach() for b in self.bufs])
+
+    @torch.no_grad()
+    def undo_nonfinite(self) -> None:
+        for b, old in zip(self.bufs, self.saved, strict=True):
+            if not bool(torch.isfinite(b).all()):
+                b.copy_(old)
+
+
 def fit(
     model: nn.Module,
     train: DataLoader,
@@ -64,6 +84,8 @@ def fit(
     per-op overhead of eager quantizers dominates, and compiling removes most of
     it (see ``benchmarks/qat_step.py``).
     With ``progress`` a tqdm bar shows the epoch, loss and accuracy.
+    A non-finite loss (nan / inf) stops training with a ValueError naming the epoch
+    and step, before that step's backward and update: no nan reaches the model.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be ≥ 1, got {epochs}")
@@ -74,19 +96,29 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(train))
     history: list[dict[str, float]] = []
+    buffers = _BufferGuard(model)
     bar = tqdm(range(epochs), desc="train", disable=not progress, unit="epoch")
     for epoch in bar:
         model.train()
         total = 0.0
-        for x, y in train:
+        for step, (x, y) in enumerate(train):
+            buffers.save()
             loss = loss_fn(run(x.to(device)), y.to(device))
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
+            value = float(loss.detach())  # the one host sync per step, before the update
+            if not math.isfinite(value):
+                buffers.undo_nonfinite()
+                raise ValueError(
+                    f"fit: the loss is {value} at epoch {epoch + 1}, step {step + 1}: stopped "
+                    "before updating the model, which keeps its last finite weights and scales "
+                    "(lower lr, check the data, or widen the formats)"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach())
+            total += value
         acc = evaluate(model, test)
         history.append({"epoch": epoch + 1, "loss": total / len(train), "test_accuracy": acc})
         bar.set_postfix(loss=f"{total / len(train):.3f}", acc=f"{acc:.4f}")

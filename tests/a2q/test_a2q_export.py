@@ -54,3 +54,16 @@ def test_a2q_model_verifies_in_qonnx(tmp_path, spec_cls, frozen):
     meta = {p.key: p.value for p in proto.metadata_props}
     bits = json.loads(meta["hwquant.accumulator_bits"])
     assert bits and all(b <= 11 for b in bits.values())
+
+
+@pytest.mark.parametrize("spec_cls", [A2Q, A2QPlus])
+def test_clipped_bias_is_what_is_exported(tmp_path, spec_cls):
+    m = model(spec_cls(IntFormat(4, narrow=True), accumulator_bits=11))
+    x = torch.randn(64, 1, 6, 6)
+    m(x)
+    with torch.no_grad():
+        for layer in (m[0], m[3]):  # biases far beyond the 11-bit register
+            layer.bias.copy_(torch.sign(torch.randn_like(layer.bias)) * 10.0)
+    path = to_qonnx(m, x[:1], tmp_path / "a2q_bias.onnx", dynamic_batch=True)
+    report = verify(m, path, x, backends=("qonnx",))
+    assert report.passed, report.table()

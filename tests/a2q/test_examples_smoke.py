@@ -64,3 +64,16 @@ def test_espcn_smoke(examples):
     assert math.isfinite(res["bicubic_psnr"]) and math.isfinite(res["float_psnr"])
     check_guarantees(res["rows"], 11)
     assert all(math.isfinite(r["psnr"]) for r in res["rows"])
+
+
+def test_digits_bias_budget_smoke():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        bias_budget = importlib.import_module("digits_bias_budget")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    rows = bias_budget.main(
+        configs=((4, 4),), P_list=(10,), float_epochs=1, qat_epochs=1, channels=4
+    )
+    assert len(rows) == 2 and all(r["layers"] == 4 for r in rows)
+    assert all(r["layers_over_range"] == 0 and r["worst_abs_acc"] <= 512 for r in rows)

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-import torch
 from torch import nn
 
 from hwquant.analysis.plots import pareto_front, plot_pareto
+from hwquant.checkpoint import save_checkpoint
 from hwquant.cli.cost import parse_folding, parse_shape
 from hwquant.cli.main import main
 from hwquant.nn import QuantLinear
@@ -20,7 +20,7 @@ def checkpoint(tmp_path):
     spec = LayerSpec(input=A4U, weight=W4)
     net = nn.Sequential(QuantLinear(16, 8, spec=spec), nn.ReLU(), QuantLinear(8, 4, spec=spec))
     path = tmp_path / "net.pt"
-    torch.save({"model": net, "input_shape": (1, 16)}, path)
+    save_checkpoint(net, path, (1, 16))
     return path
 
 

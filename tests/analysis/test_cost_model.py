@@ -12,6 +12,7 @@ from hwquant.analysis import Target, cost
 from hwquant.analysis.cost import formulas as F
 from hwquant.analysis.cost.estimate import choose_folding
 from hwquant.analysis.cost.records import LayerRecord
+from hwquant.checkpoint import save_checkpoint
 from hwquant.nn import QuantConv2d, QuantConvTranspose2d, Quantizer, QuantLinear
 from hwquant.spec import (
     A4U,
@@ -43,7 +44,7 @@ def test_linear_matches_finn_formula():
     assert lc.bram18 == 4 and lc.dsps == 0 and not lc.mult_in_dsp
     assert r.macs == 64 * 32 and r.weight_memory_bits == 64 * 32 * 4
     assert r.activation_memory_bits == 64 * 4
-    assert r.bops == pytest.approx(F.bops(32, 64, 4, 4, lc.pruned_fraction))
+    assert r.bops_psqs == pytest.approx(F.bops(32, 64, 4, 4, lc.pruned_fraction))
 
 
 def test_conv_geometries():
@@ -167,8 +168,8 @@ def test_pruned_fraction_discounts_bops():
     net[0].reset_weight_scale()
     lc = cost(net, (1, 16)).layers[0]  # zeros of the *quantized* weights count as pruned
     assert lc.pruned_fraction == pytest.approx(0.5)
-    assert lc.bops == pytest.approx(F.bops(8, 16, 4, 4, 0.5))
-    assert lc.mac_bops == pytest.approx(0.5 * 128 * 16)
+    assert lc.bops_psqs == pytest.approx(F.bops(8, 16, 4, 4, 0.5))
+    assert lc.bops_qonnx == pytest.approx(0.5 * 128 * 16)
 
 
 @pytest.mark.parametrize(
@@ -207,10 +208,10 @@ def test_cost_does_not_touch_the_model():
 def test_checkpoints(tmp_path):
     net = _linear(8, 4)
     ck = tmp_path / "m.pt"
-    torch.save({"model": net, "input_shape": (1, 8)}, ck)
+    save_checkpoint(net, ck, (1, 8))
     assert cost(ck).macs == 32
     bare = tmp_path / "bare.pt"
-    torch.save(net, bare)
+    save_checkpoint(net, bare)
     with pytest.raises(ValueError, match="no 'input_shape'"):
         cost(bare)
     assert cost(bare, (1, 8)).macs == 32

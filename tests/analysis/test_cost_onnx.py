@@ -107,7 +107,7 @@ def test_cross_check_hand_built_graph_with_qonnx(tmp_path):
     assert macs == r.macs
     assert bops == pytest.approx(sum(lc.macs * lc.input_bits * lc.weight_bits for lc in r.layers))
     macs_sparse, bops_sparse = _qonnx_totals(path, discount=True)
-    assert bops_sparse == pytest.approx(r.mac_bops)
+    assert bops_sparse == pytest.approx(r.bops_qonnx)
     assert macs_sparse == pytest.approx(sum(lc.macs * (1 - lc.pruned_fraction) for lc in r.layers))
 
 
@@ -139,7 +139,7 @@ def test_cross_check_hwquant_export_with_qonnx(tmp_path, bits):
     assert from_onnx.luts == from_torch.luts
     macs, bops = _qonnx_totals(path, discount=True)
     assert macs == pytest.approx(sum(lc.macs * (1 - lc.pruned_fraction) for lc in from_onnx.layers))
-    assert bops == pytest.approx(from_onnx.mac_bops)
+    assert bops == pytest.approx(from_onnx.bops_qonnx)
 
 
 def test_unquantized_onnx_is_rejected(tmp_path):

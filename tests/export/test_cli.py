@@ -2,9 +2,7 @@
 
 import json
 
-import torch
-
-from hwquant.api import save_checkpoint
+from hwquant.checkpoint import save_checkpoint
 from hwquant.cli.main import main
 from hwquant.export.zoo import build
 
@@ -31,10 +29,10 @@ def test_export_then_verify(tmp_path, capsys):
     assert report["passed"] and report["kind"] == "qcdq"
 
 
-def test_bare_module_needs_an_input_shape(tmp_path, capsys):
+def test_checkpoint_without_shape_needs_an_input_shape(tmp_path, capsys):
     model, _ = build("mlp")
     ckpt = tmp_path / "mlp.pt"
-    torch.save(model, ckpt)
+    save_checkpoint(model, ckpt)
     assert main(["export", str(ckpt)]) == 2
     assert "--input-shape" in capsys.readouterr().err
     assert main(["export", str(ckpt), "--input-shape", "16"]) == 0
@@ -51,7 +49,7 @@ def test_verify_reports_failure(tmp_path, capsys):
     out = tmp_path / "mlp.onnx"
     assert main(["export", str(ckpt), "-o", str(out), "--dynamic-batch"]) == 0
     other, _ = build("mlp", seed=5)  # different weights: the graph does not match it
-    torch.save({"model": other}, tmp_path / "other.pt")
+    save_checkpoint(other, tmp_path / "other.pt")
     assert main(["verify", str(tmp_path / "other.pt"), str(out), "--backends", "qonnx"]) == 1
     assert "FAIL" in capsys.readouterr().out
     assert main(["verify", str(ckpt), str(tmp_path / "none.onnx")]) == 2

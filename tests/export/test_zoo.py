@@ -1,5 +1,6 @@
 """The zoo: every model runs bit-exactly in qonnx's executor (QONNX) and in
-onnxruntime (QCDQ, integer models ≤ 8 bits) on 1,000 random inputs."""
+onnxruntime (QCDQ, integer models ≤ 8 bits; a default session and one with graph
+optimizations off) on 1,000 random inputs."""
 
 import pytest
 import torch
@@ -32,8 +33,9 @@ def test_qcdq_onnxruntime_equals_torch(name, tmp_path):
     model, shape = build(name)
     x = _inputs(shape)
     path = to_qcdq(model, x[:1], tmp_path / f"{name}.qcdq.onnx", dynamic_batch=True)
-    rep = verify(model, path, x, backends=("onnxruntime", "qonnx"))
-    for backend in ("onnxruntime", "qonnx"):
+    backends = ("onnxruntime", "onnxruntime-noopt", "qonnx")  # default session and as written
+    rep = verify(model, path, x, backends=backends)
+    for backend in backends:
         r = rep[backend]
         assert r.ran and r.passed, rep
         if ZOO[name].exact:

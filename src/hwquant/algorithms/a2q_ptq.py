@@ -29,7 +29,9 @@ overflows its P-bit accumulator. Two methods:
 
 The resulting codes are frozen into the layers' A2Q quantizers
 (:meth:`~hwquant.nn.a2q.A2QWeightQuantizer.freeze_codes`); QAT can resume from them
-after :func:`hwquant.nn.a2q.ep_init` or ``reset_weight_scale``.
+after :func:`hwquant.nn.a2q.ep_init` or ``reset_weight_scale``. A bias on the
+accumulator scale is clipped by its layer to what fits beside the frozen codes
+(:meth:`~hwquant.nn.a2q.A2QWeightQuantizer.clip_bias`); ``ok`` counts it.
 
 Example:
     >>> import torch, hwquant
@@ -55,7 +57,7 @@ from torch import Tensor, nn
 
 from hwquant.api import calibration
 from hwquant.core.accumulator import soft_threshold_for_l1
-from hwquant.nn.a2q import A2QWeightQuantizer, a2q_layers
+from hwquant.nn.a2q import A2QWeightQuantizer, a2q_layers, accumulator_bias_codes
 from hwquant.nn.conv import QuantConv1d, QuantConv2d
 from hwquant.nn.linear import QuantLinear
 
@@ -268,7 +270,7 @@ def _hessian(model: nn.Module, layer: nn.Module, batches: list[Tensor]) -> Tenso
 
 
 def _result(name: str, method: str, layer: nn.Module, wq: A2QWeightQuantizer) -> LayerResult:
-    c = wq.check(layer.weight)
+    c = wq.check(layer.weight, accumulator_bias_codes(layer))  # the bias counted too
     return LayerResult(name, method, c.bound, c.l1_max, c.half_max, c.sparsity, c.ok)
 
 

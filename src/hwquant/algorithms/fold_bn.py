@@ -129,6 +129,8 @@ def apply(model: nn.Module, data=None, config: FoldBNConfig | None = None) -> Fo
         setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
         report.folded.append(f"{layer_name}+{bn_name}")
     _note_in_quantize_report(model, pairs)
+    if pairs:  # a model file replays this structural change (hwquant.checkpoint)
+        model.hwquant_transforms = [*getattr(model, "hwquant_transforms", []), "fold_bn"]
     return report
 
 

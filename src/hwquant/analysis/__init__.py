@@ -17,6 +17,7 @@ from hwquant.analysis.cost import (
     load_target,
 )
 from hwquant.analysis.integer_exec import IntegerRun, LayerStats, QTensor, run_integer
+from hwquant.analysis.onnx_accumulators import onnx_accumulators, onnx_overflow_audit
 from hwquant.analysis.plots import pareto_front, plot_cost, plot_pareto
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "accumulators",
     "cost",
     "load_target",
+    "onnx_accumulators",
+    "onnx_overflow_audit",
     "overflow_audit",
     "pareto_front",
     "plot_cost",

@@ -7,13 +7,19 @@
 - the data-type bound (any M-bit weights), the weight-based L1 bound (these
   weights, max over output channels), the exact worst case per output channel
   (acc_min / acc_max over all inputs of the format) and its width;
+- where the bias goes (``bias``): ``"accumulator"`` — an integer bias code b on the
+  accumulator scale shares the register, so the exact worst case is b + Σ x·q (its
+  codes in ``bias_codes``); ``"after accumulator"`` — the layer's A2Q spec declares it
+  applied after the accumulator (FINN thresholds), not counted; ``"float"`` — a float
+  bias, added outside the integer accumulator; None — no bias;
 - the A2Q / A2Q+ target P of an accumulator-aware layer;
 - with data, the largest |Σ x·q| actually observed (bit-exact integer execution).
 
 :func:`overflow_audit` feeds every output channel the two inputs that maximize and
-minimize its dot product (x_i = x_max where q_i > 0 else x_min, and the reverse) and
+minimize its dot product (x_i = x_max where q_i > 0 else x_min, and the reverse), with
+the bias code preloaded into the register when the bias is in the accumulator, and
 counts the channels that overflow a P-bit accumulator — 0 for A2Q / A2Q+ layers at
-their target, by construction.
+their target, by construction (their bias is clipped to fit).
 
 Example:
     >>> import torch, hwquant
@@ -39,14 +45,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from hwquant.analysis.cost import formulas
-from hwquant.analysis.integer_exec import run_integer, weight_codes
-from hwquant.core.accumulator import accumulate
-from hwquant.nn.a2q import A2QWeightQuantizer
+from hwquant.analysis.integer_exec import bias_in_accumulator, run_integer, weight_codes
+from hwquant.core.accumulator import accumulate, worst_case_range
+from hwquant.nn.a2q import A2QWeightQuantizer, accumulator_bias_codes
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.quantizer import Quantizer
 from hwquant.spec.formats import IntFormat
@@ -63,7 +68,8 @@ __all__ = [
 @dataclass
 class LayerAccumulator:
     """Accumulator facts of one weight layer (``None`` where not applicable, e.g. float
-    inputs). ``exact_min`` / ``exact_max``: worst-case Σ x·q per output channel."""
+    inputs). ``exact_min`` / ``exact_max``: worst-case accumulator per output channel,
+    b + Σ x·q when ``bias == "accumulator"`` (``bias_codes``: b), else Σ x·q."""
 
     name: str
     type: str
@@ -81,6 +87,8 @@ class LayerAccumulator:
     a2q_kind: str | None = None
     observed_max_abs: int | None = None
     observed_bits: int | None = None
+    bias: str | None = None
+    bias_codes: list[int] = field(default_factory=list)
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,7 +114,7 @@ class AccumulatorReport:
         """Plain-text table: one line per layer, widths in bits."""
         head = (
             f"{'layer':<16} {'type':<14} {'K':>5} {'N':>3} {'M':>3} {'in':>3} {'dtype':>6} "
-            f"{'L1':>4} {'exact':>6} {'A2Q':>6} {'seen':>5}  note"
+            f"{'L1':>4} {'exact':>6} {'A2Q':>6} {'seen':>5} {'bias':>5}  note"
         )
         lines = [head]
 
@@ -119,12 +127,16 @@ class AccumulatorReport:
             lines.append(
                 f"{r.name:<16} {r.type:<14} {r.K:>5} {f(r.N):>3} {f(r.M):>3} {sign:>3} "
                 f"{f(r.datatype_bits):>6} {f(r.l1_bits):>4} {f(r.exact_bits):>6} {a2q:>6} "
-                f"{f(r.observed_bits):>5}  {r.note}"
+                f"{f(r.observed_bits):>5} {_BIAS_TAGS[r.bias]:>5}  {r.note}"
             )
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
+
+
+#: short ``bias`` column of the table: in the accumulator, after it, float, none.
+_BIAS_TAGS = {"accumulator": "acc", "after accumulator": "after", "float": "float", None: "-"}
 
 
 # ---------------------------------------------------------------- layer facts
@@ -170,28 +182,58 @@ def _weight_bits(layer: QuantWeightLayer) -> int:
     return layer.weight_quant.spec.format.bits
 
 
-def _layer_row(name: str, layer: QuantWeightLayer) -> tuple[LayerAccumulator, Tensor | None]:
+def bias_placement(layer: QuantWeightLayer) -> str | None:
+    """Where ``layer``'s bias is added: ``"accumulator"`` (integer, in the register),
+    ``"after accumulator"`` (declared by its A2Q spec), ``"float"``, or None (no bias)."""
+    if layer.bias is None:
+        return None
+    if bias_in_accumulator(layer):
+        return "accumulator"
+    wq = layer.weight_quant
+    if isinstance(wq, A2QWeightQuantizer) and not wq.bias_in_accumulator:
+        return "after accumulator"
+    return "float"
+
+
+def _layer_row(
+    name: str, layer: QuantWeightLayer
+) -> tuple[LayerAccumulator, Tensor | None, Tensor | None]:
+    """The report row, the weight codes as output rows [C, K'] and the bias codes [C]
+    preloaded into the accumulator (None when the bias is not in it)."""
     row = LayerAccumulator(name, type(layer).__name__, fan_in(layer))
     wq = layer.weight_quant
     if isinstance(wq, A2QWeightQuantizer):
         row.a2q_bits, row.a2q_kind = wq.accumulator_bits, "A2Q+" if wq.zero_centre else "A2Q"
+    row.bias = bias_placement(layer)
     fmt = input_format(layer)
     codes = weight_codes(layer)
     if fmt is None or codes is None:
         row.note = "float or non-integer input" if fmt is None else "non-integer weights"
-        return row, None
+        return row, None, None
     rows = output_rows(layer, codes[0])
     row.N, row.M, row.signed_input = fmt.bits, _weight_bits(layer), fmt.signed
     row.datatype_bits = formulas.datatype_bound_bits(row.K, row.N, row.M, fmt.signed)
     l1 = rows.abs().sum(1)
     row.l1_max = float(l1.max())
     row.l1_bits = max(formulas.weight_bound_bits(float(v), row.N, fmt.signed) for v in l1)
-    q = rows.numpy().astype(np.int64)
-    pos, neg = np.clip(q, 0, None), np.clip(q, None, 0)
-    row.exact_max = (pos * fmt.max_int + neg * fmt.min_int).sum(1).tolist()
-    row.exact_min = (pos * fmt.min_int + neg * fmt.max_int).sum(1).tolist()
-    row.exact_bits = formulas.exact_accumulator_bits(q, fmt.min_int, fmt.max_int)[0]
-    return row, rows
+    acc_min, acc_max = worst_case_range(rows, fmt.min_int, fmt.max_int)  # Σ x·q, [C]
+    b = accumulator_bias_codes(layer) if row.bias in ("accumulator", "after accumulator") else None
+    if b is not None:
+        row.bias_codes = b.tolist()
+    b_acc = b if row.bias == "accumulator" else None
+    if b_acc is not None:
+        acc_min, acc_max = acc_min + b_acc, acc_max + b_acc
+    row.exact_max, row.exact_min = acc_max.tolist(), acc_min.tolist()
+    row.exact_bits = _range_bits(int(acc_min.min()), int(acc_max.max())) if len(rows) else None
+    return row, rows, b_acc
+
+
+def _range_bits(acc_min: int, acc_max: int) -> int:
+    """Width holding [acc_min, acc_max] as FINN sizes it (REFERENCE.md §1):
+    UINT⌈log2(acc_max + 1)⌉ if acc_min ≥ 0, else INT⌈log2(max(−acc_min, acc_max + 1))⌉ + 1."""
+    if acc_min >= 0:
+        return max(1, math.ceil(math.log2(acc_max + 1)))
+    return math.ceil(math.log2(max(-acc_min, acc_max + 1))) + 1
 
 
 def _signed_bits(max_abs: int) -> int:
@@ -232,8 +274,10 @@ def accumulators(model: nn.Module, data: Any = None) -> AccumulatorReport:
 @dataclass
 class AuditRow:
     """Worst-case overflow audit of one layer at P bits: ``overflowing`` channels (of
-    ``channels``) whose extreme inputs overflow, and the largest error the emulated
-    accumulator makes on them (0 when none overflow)."""
+    ``channels``) whose extreme inputs overflow, the largest exact |acc| on them, and the
+    largest error the emulated accumulator makes (0 when none overflow). ``bias``: where
+    the bias goes (:func:`bias_placement`); counted in the register when
+    ``"accumulator"``."""
 
     name: str
     accumulator_bits: int | None
@@ -241,6 +285,7 @@ class AuditRow:
     overflowing: int
     worst_exact: int
     max_error: int
+    bias: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,12 +297,13 @@ def overflow_audit(
     """Feed each output channel its two extreme inputs and emulate a P-bit accumulator.
 
     P: ``accumulator_bits`` (an int, or per layer path), else the layer's A2Q target;
-    layers with neither or with float inputs are skipped."""
+    layers with neither or with float inputs are skipped. A bias in the accumulator is
+    preloaded into the register (acc = b + Σ x·q)."""
     out = []
     for name, m in model.named_modules():
         if not isinstance(m, QuantWeightLayer):
             continue
-        row, rows = _layer_row(name or "<root>", m)
+        row, rows, b = _layer_row(name or "<root>", m)
         if isinstance(accumulator_bits, Mapping):
             bits = accumulator_bits.get(row.name, row.a2q_bits)
         else:
@@ -270,10 +316,12 @@ def overflow_audit(
         errs, over_any, worst = [], torch.zeros(len(rows), dtype=torch.bool), 0
         for x in (x_hi, x_lo):
             idx = torch.arange(len(rows))
-            emu, exact, over = accumulate(x, rows, bits, mode)  # [C, C]: channel c on x_c
+            emu, exact, over = accumulate(x, rows, bits, mode, b)  # [C, C]: channel c on x_c
             emu, exact, over = emu[idx, idx], exact[idx, idx], over[idx, idx]
             errs.append(int((emu - exact).abs().max()) if len(rows) else 0)
             over_any |= over
             worst = max(worst, int(exact.abs().max()) if len(rows) else 0)
-        out.append(AuditRow(row.name, bits, len(rows), int(over_any.sum()), worst, max(errs)))
+        out.append(
+            AuditRow(row.name, bits, len(rows), int(over_any.sum()), worst, max(errs), row.bias)
+        )
     return out

@@ -11,9 +11,11 @@ float scale of one code) wherever the arithmetic is integer, a float tensor else
   multiplies integer input codes by integer weight codes q = round(ŵ / s_w) in int64
   (convolutions via im2col) and sums them in a P-bit accumulator that wraps (two's
   complement) or saturates (:func:`hwquant.core.accumulator.accumulate`). Its result
-  has scale s_in·s_w per output channel. A bias on the accumulator scale is added as
-  an integer *after* the dot product (as FINN folds it into the thresholds), so the
-  overflow counts concern Σ x·q only.
+  has scale s_in·s_w per output channel. A bias on the accumulator scale is an integer
+  preloaded into the same P-bit register (acc = b + Σ x·q: the overflow counts and
+  ``max_abs`` include it), unless the layer's A2Q spec declares
+  ``bias_in_accumulator=False`` — then it is added exactly after the P-bit dot product
+  (as FINN folds it into the thresholds). A float bias is added in float.
 - ReLU, max pooling, flatten / reshape / pixel shuffle act on the codes; the
   sum-and-truncate average pooling of ``QuantAvgPool2d`` too; ``QuantAdd`` /
   ``QuantCat`` with a shared input scale add / concatenate codes.
@@ -55,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from hwquant.core.accumulator import ACCUMULATOR_MODES, accumulate
-from hwquant.nn.a2q import A2QWeightQuantizer
+from hwquant.nn.a2q import A2QWeightQuantizer, accumulator_bias_codes
 from hwquant.nn.conv import QuantConv1d, QuantConv2d
 from hwquant.nn.layer import QuantLayer, QuantWeightLayer
 from hwquant.nn.linear import QuantLinear
@@ -68,6 +70,7 @@ __all__ = [
     "IntegerRun",
     "LayerStats",
     "QTensor",
+    "bias_in_accumulator",
     "run_integer",
     "trace",
     "weight_codes",
@@ -108,7 +111,8 @@ class QTensor:
 @dataclass
 class LayerStats:
     """One weight layer's accumulator over a run: how many dot products it computed,
-    how many overflowed the P-bit accumulator, the largest |Σ x·q| (exact)."""
+    how many overflowed the P-bit accumulator, the largest |acc| (exact; acc = b + Σ x·q
+    when the bias is in the accumulator, ``bias_in_accumulator``, else Σ x·q)."""
 
     name: str
     type: str
@@ -116,6 +120,7 @@ class LayerStats:
     n_values: int = 0
     overflows: int = 0
     max_abs: int = 0
+    bias_in_accumulator: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,6 +196,21 @@ def weight_codes(layer: QuantWeightLayer) -> tuple[Tensor, Tensor] | None:
 
 def _out_axis(layer: nn.Module) -> int:
     return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+
+
+def bias_in_accumulator(layer: nn.Module) -> bool:
+    """Whether ``layer``'s bias is an integer in its accumulator register: it has a
+    bias on the accumulator scale (:func:`~hwquant.nn.a2q.accumulator_bias_codes`) and
+    no A2Q spec declaring it applied after the accumulator."""
+    wq = getattr(layer, "weight_quant", None)
+    if isinstance(wq, A2QWeightQuantizer) and not wq.bias_in_accumulator:
+        return False
+    bq = getattr(layer, "bias_quant", None)
+    return (
+        getattr(layer, "bias", None) is not None
+        and isinstance(bq, BiasQuantizer)
+        and bq._forward == bq._forward_quant
+    )
 
 
 # ---------------------------------------------------------------- the executor
@@ -325,45 +345,52 @@ class _Executor:
             return m(self._to_float(x))
         q, s_w = wc
         bits = self._layer_bits(path, m)
+        inside = bias_in_accumulator(m)
+        b = accumulator_bias_codes(m)  # int64 [C] on the accumulator scale, or None
+        b_acc = b if inside else None  # preloaded into the P-bit register
         if isinstance(m, QuantLinear):
-            acc, exact, over = self._linear(x.codes, q, bits)
+            acc, exact, over = self._linear(x.codes, q, bits, b_acc)
             scale_shape: tuple[int, ...] = (-1,)
         else:
-            acc, exact, over = self._conv(m, x.codes, q, bits)
+            acc, exact, over = self._conv(m, x.codes, q, bits, b_acc)
             scale_shape = (1, -1) + (1,) * (acc.dim() - 2)
-        self._record(path, m, bits, exact, over)
+        self._record(path, m, bits, exact, over, inside)
         s_acc = (x.scale.reshape(()) * s_w).reshape(scale_shape)
-        y = self._add_bias(m, acc, s_acc, scale_shape)
+        y = self._add_bias(m, acc, None if inside else b, s_acc, scale_shape)
         return self._requant(m.output_quant, y, path)
 
-    def _record(self, path: str, m: nn.Module, bits: int | None, exact: Tensor, over: Tensor):
+    def _record(
+        self, path: str, m: nn.Module, bits: int | None, exact: Tensor, over: Tensor, bias: bool
+    ) -> None:
         st = self.stats.setdefault(path, LayerStats(path, type(m).__name__, bits))
         st.n_values += exact.numel()
         st.overflows += int(over.sum())
         st.max_abs = max(st.max_abs, int(exact.abs().max()) if exact.numel() else 0)
+        st.bias_in_accumulator = bias
 
-    def _add_bias(self, m: QuantWeightLayer, acc: Tensor, s_acc: Tensor, shape: tuple) -> Any:
-        if m.bias is None:
+    def _add_bias(
+        self, m: QuantWeightLayer, acc: Tensor, codes: Tensor | None, s_acc: Tensor, shape: tuple
+    ) -> Any:
+        """The bias applied after the accumulator: integer ``codes`` (accumulator
+        scale, added exactly), a float bias (in float), or none (already in ``acc``)."""
+        if codes is not None:
+            return QTensor(acc + codes.reshape(shape), s_acc)
+        if m.bias is None or bias_in_accumulator(m):
             return QTensor(acc, s_acc)
         with torch.no_grad():
             b = m.quant_bias().detach()
-        bq = m.bias_quant
-        if isinstance(bq, BiasQuantizer) and bq._forward == bq._forward_quant:
-            # integer bias codes on the accumulator scale, added after the dot product
-            with torch.no_grad():
-                s32 = m.input_quant.scale() * m.weight_quant.scale_for(m.weight)
-            codes = torch.round(b.double() / s32.detach().double().reshape(-1)).long()
-            return QTensor(acc + codes.reshape(shape), s_acc)
         self._note(f"{type(m).__name__} float bias")
         return (acc.double() * s_acc + b.double().reshape(shape)).to(self.dtype)
 
-    def _linear(self, x: Tensor, q: Tensor, bits: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _linear(
+        self, x: Tensor, q: Tensor, bits: int | None, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         lead = x.shape[:-1]
-        acc, exact, over = accumulate(x.reshape(-1, x.shape[-1]), q, bits, self.mode)
+        acc, exact, over = accumulate(x.reshape(-1, x.shape[-1]), q, bits, self.mode, bias)
         return tuple(t.reshape(*lead, q.shape[0]) for t in (acc, exact, over))  # type: ignore[return-value]
 
     def _conv(
-        self, m: nn.Module, x: Tensor, q: Tensor, bits: int | None
+        self, m: nn.Module, x: Tensor, q: Tensor, bits: int | None, bias: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         one_d = x.dim() == 3
         k, st, pad, dil = (
@@ -379,7 +406,8 @@ class _Executor:
         L = cols.shape[2]
         cols = cols.reshape(B, G, -1, L).permute(1, 0, 3, 2).reshape(G, B * L, -1)
         qg = q.reshape(G, C_out // G, -1)
-        parts = [accumulate(cols[g], qg[g], bits, self.mode) for g in range(G)]
+        bg = [None] * G if bias is None else bias.reshape(G, C_out // G)
+        parts = [accumulate(cols[g], qg[g], bits, self.mode, bg[g]) for g in range(G)]
         h = (H + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // st[0] + 1
         w = (W + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // st[1] + 1
 
@@ -516,7 +544,8 @@ def run_integer(
 
     Returns:
         An :class:`IntegerRun`: dequantized outputs (in the model's dtype) and per-layer
-        :class:`LayerStats` (values, overflows, largest |Σ x·q|).
+        :class:`LayerStats` (values, overflows, largest |acc|, the bias included when
+        it is in the accumulator).
     """
     xs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     was = [(m, m.training) for m in model.modules()]

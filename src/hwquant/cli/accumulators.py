@@ -1,8 +1,10 @@
-"""``hwquant accumulators CHECKPOINT``: accumulator widths of a quantized model.
+"""``hwquant accumulators MODEL``: accumulator widths of a quantized model.
 
 Prints, per weight layer, K, N, M, the data-type / L1 / exact bounds, the A2Q target
 and (with ``--data``) the largest accumulator seen on data; ``--audit`` adds the
-worst-case overflow audit at ``--bits`` (default: each layer's A2Q target).
+worst-case overflow audit at ``--bits`` (default: each layer's A2Q target). MODEL is
+a hwquant checkpoint or a QONNX file (``.onnx``, from any tool; read with
+:mod:`hwquant.analysis.onnx_accumulators`, ``--audit`` then needs ``--bits``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ import argparse
 import json
 from pathlib import Path
 
+from hwquant.cli.common import add_factory_option
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("accumulators", help="accumulator bounds, A2Q targets and overflow audit")
-    p.add_argument("model", type=Path, help="a hwquant checkpoint (hwquant.save_checkpoint)")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="a hwquant checkpoint (hwquant.save_checkpoint) or a QONNX file (.onnx) "
+        "written by any tool (hwquant, Brevitas, qonnx, FINN)",
+    )
     p.add_argument(
         "--data",
         choices=("none", "digits", "random"),
@@ -29,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=int, default=None, help="accumulator bits P for the audit")
     p.add_argument("--mode", choices=("wrap", "saturate"), default="wrap")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_factory_option(p)
     p.set_defaults(func=run)
 
 
@@ -50,13 +60,34 @@ def _data(kind: str, n: int, shape: tuple[int, ...] | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model.suffix.lower() == ".onnx":
+        return _run_onnx(args)
     from hwquant.analysis import accumulators, overflow_audit
-    from hwquant.api import load_checkpoint
+    from hwquant.checkpoint import load_checkpoint
 
-    model, shape = load_checkpoint(str(args.model))
+    model, shape = load_checkpoint(str(args.model), factory=args.factory)
     model.eval()
     report = accumulators(model, _data(args.data, args.samples, shape))
     audit = overflow_audit(model, args.bits, args.mode) if args.audit else None
+    return _print(args, report, audit)
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    """The QONNX branch: bounds from the weight codes in the graph (no data)."""
+    from hwquant.analysis.onnx_accumulators import onnx_accumulators, onnx_overflow_audit
+
+    if not args.model.exists():
+        raise ValueError(f"no such file: {args.model}")
+    if args.data != "none":
+        raise ValueError("--data needs a hwquant checkpoint; a QONNX file is analysed without data")
+    report = onnx_accumulators(args.model)
+    audit = None
+    if args.audit:
+        audit = onnx_overflow_audit(args.model, args.bits, args.mode) if args.bits else []
+    return _print(args, report, audit)
+
+
+def _print(args: argparse.Namespace, report, audit) -> int:
     if args.json:
         d = report.to_dict()
         if audit is not None:

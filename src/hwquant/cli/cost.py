@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hwquant.cli.common import add_factory_option
+
 if TYPE_CHECKING:  # pragma: no cover
     from hwquant.analysis import CostReport
 
@@ -78,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="exit with status 1 when the design does not fit the target",
     )
+    add_factory_option(p)
     p.set_defaults(func=run)
 
 
@@ -85,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from hwquant.analysis import cost
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
-    report = cost(args.model, shape, target=args.target, folding=parse_folding(args.fold))
+    model = args.model
+    if args.factory:  # the model file names the user's own builder
+        from hwquant.checkpoint import load_checkpoint
+
+        model, stored = load_checkpoint(args.model, factory=args.factory)
+        shape = shape or stored
+    report = cost(model, shape, target=args.target, folding=parse_folding(args.fold))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -134,7 +143,8 @@ def _print_table(report: CostReport) -> None:
         "DSP",
         "BRAM18",
         "acc dt/ex/used",
-        "kBOPs",
+        "kBOPs qonnx",
+        "kBOPs PsQs",
         "mem kbit",
     ):
         t.add_column(col, justify="left" if col in ("layer", "op") else "right", no_wrap=True)
@@ -153,7 +163,8 @@ def _print_table(report: CostReport) -> None:
             str(lc.dsps),
             str(lc.bram18),
             f"{acc.datatype or '-'}/{acc.exact or '-'}/{acc.used}",
-            f"{lc.bops / 1e3:,.1f}",
+            f"{lc.bops_qonnx / 1e3:,.1f}",
+            f"{lc.bops_psqs / 1e3:,.1f}",
             f"{(lc.weight_memory_bits + lc.activation_memory_bits) / 1e3:,.1f}",
         )
     t.add_row(
@@ -169,11 +180,17 @@ def _print_table(report: CostReport) -> None:
         str(report.dsps),
         str(report.bram18),
         "",
-        f"{report.bops / 1e3:,.1f}",
+        f"{report.bops_qonnx / 1e3:,.1f}",
+        f"{report.bops_psqs / 1e3:,.1f}",
         f"{(report.weight_memory_bits + report.activation_memory_bits) / 1e3:,.1f}",
         style="bold",
     )
     console.print(t)
+    console.print(
+        f"BOPs: qonnx {report.bops_qonnx:,.0f} (b_a·b_w·MACs over non-zero weights, as "
+        f"qonnx inference_cost); Ps-and-Qs {report.bops_psqs:,.0f} (adds the "
+        "b_a + b_w + log2 n accumulator bits per MAC, Hawks et al. 2021)"
+    )
     console.print(
         f"throughput {report.fps:,.0f} frames/s (bottleneck {report.bottleneck_layer}, "
         f"{report.cycles_per_frame:,} cycles/frame), latency ≤ "

@@ -57,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     result = fit(model, data.train, data.test, epochs=args.finetune_epochs, lr=1e-3)
     model.eval()
     seconds = time.perf_counter() - t0
-    console.print("[bold]float baseline[/] (same model, same schedule)")
-    baseline = fit(float_model, data.train, data.test, epochs=args.epochs, progress=False)
+    console.print("[bold]float baseline[/] (the same float model and schedule, no quantization)")
+    baseline = fit(float_model, data.train, data.test, epochs=args.epochs)
+    console.print(
+        f"[bold]the quantized W{args.weight_bits}A{args.act_bits} model[/], layer by layer"
+    )
     console.print(model.hwquant_report.table())
     console.print(
         f"W{args.weight_bits}A{args.act_bits} test accuracy [bold green]"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from hwquant.cli.common import add_factory_option
+
 __all__ = ["add_parser", "parse_shape", "run"]
 
 
@@ -30,7 +32,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a quantized model to QONNX or QCDQ ONNX")
-    p.add_argument("checkpoint", help="torch.save({'model': m}) file or a pickled module")
+    p.add_argument("checkpoint", help="a hwquant model file (hwquant.save_checkpoint)")
     p.add_argument("-o", "--output", help="output .onnx (default: checkpoint name + .onnx)")
     p.add_argument("--format", choices=("qonnx", "qcdq"), default="qonnx")
     p.add_argument(
@@ -40,14 +42,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size of the graph (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     p.add_argument("--int4", action="store_true", help="QCDQ: native int4/uint4 containers")
+    add_factory_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwquant.api import load_checkpoint
+    from hwquant.checkpoint import load_checkpoint
     from hwquant.export import to_qcdq, to_qonnx
 
-    model, stored = load_checkpoint(args.checkpoint)  # stored shape includes the batch
+    # the stored shape includes the batch
+    model, stored = load_checkpoint(args.checkpoint, factory=args.factory)
     shape = parse_shape(args.input_shape) if args.input_shape else (stored[1:] if stored else None)
     if shape is None:
         raise ValueError("the checkpoint stores no 'input_shape': pass --input-shape")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hwquant.api import load_checkpoint
+from hwquant.checkpoint import load_checkpoint
+from hwquant.cli.common import add_factory_option
 
 __all__ = ["add_parser", "run"]
 
@@ -32,10 +34,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--backends",
-        default="qonnx,onnxruntime,hls4ml",
-        help="comma-separated subset of qonnx,onnxruntime,hls4ml",
+        default="qonnx,onnxruntime,onnxruntime-noopt,hls4ml",
+        help="comma-separated subset of qonnx,onnxruntime (a default session),"
+        "onnxruntime-noopt (graph optimizations off),hls4ml",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="boundary flips (values on a rounding boundary rounded the other way) fail too",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_factory_option(p)
     p.set_defaults(func=run)
 
 
@@ -47,9 +56,19 @@ def _input_shape(graph: str) -> tuple[int, ...]:
 
 
 def _load_inputs(path: str) -> torch.Tensor:
-    if path.endswith(".npy"):
-        return torch.from_numpy(np.load(path)).float()
-    obj = torch.load(path, weights_only=True)
+    """Inputs from ``.npy`` (no pickled objects) or a tensor saved with torch.save."""
+    try:
+        if path.endswith(".npy"):
+            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise ValueError(f"cannot read inputs {path}: {str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path} holds pickled Python objects, which hwquant never loads (they can run code)"
+        ) from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"cannot read inputs {path}: {str(e).strip().splitlines()[0]}") from None
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path} holds no tensor")
     return obj.float()
@@ -60,13 +79,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.graph).is_file():
         raise ValueError(f"no exported graph at {args.graph}")
-    model, _ = load_checkpoint(args.checkpoint)
+    model, _ = load_checkpoint(args.checkpoint, factory=args.factory)
     if args.inputs:
         x = _load_inputs(args.inputs)
     else:
         gen = torch.Generator().manual_seed(args.seed)
         x = torch.randn((args.n, *_input_shape(args.graph)), generator=gen)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
-    report = verify(model, args.graph, x, backends=backends)
+    report = verify(model, args.graph, x, backends=backends, strict=args.strict)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0 if report.passed else 1

@@ -17,6 +17,23 @@ P-bit signed register [−2^(P−1), 2^(P−1) − 1].
   The guarantee needs Σ q⁺ ≤ T⁺/2 and Σ |q⁻| ≤ T⁺/2 (each half bounded), which
   zero-centring before round-toward-zero provides.
 
+- The bias shares the register (unless it is applied after it, e.g. folded into FINN's
+  thresholds): with a bias code b on the accumulator scale (s_in·s_w), the register
+  holds b + y. Its exact extremes over all inputs x_i ∈ [x_min, x_max] are
+
+      acc_max = b + Σ_i q_i·(x_max if q_i > 0 else x_min),
+      acc_min = b + Σ_i q_i·(x_min if q_i > 0 else x_max),
+
+  so b + y fits P bits for every input iff
+  −2^(P−1) − min_x y ≤ b ≤ 2^(P−1) − 1 − max_x y (:func:`bias_code_range`). In the
+  L1 form of the budgets (sufficient, from |b + y| ≤ |b| + |y|):
+
+      A2Q:   ‖q‖₁·2^(N−1_s) + |b| ≤ 2^(P−1) − 1,  i.e.  ‖q‖₁ ≤ T − |b|/2^(N−1_s);
+      A2Q+:  (2^N − 1)·‖q‖₁/2 + |b| ≤ 2^(P−1) − 1,  i.e.  ‖q‖₁ ≤ T⁺ − 2|b|/(2^N − 1)
+             (each sign half ≤ (2^(P−1) − 1 − |b|)/(2^N − 1))
+
+  (:func:`l1_budget_with_bias`); 2^(N−1_s) is the bound on |x| that T uses.
+
 - A P-bit register that overflows either wraps (two's complement: the value modulo
   2^P, mapped to [−2^(P−1), 2^(P−1) − 1]; since addition modulo 2^P is associative,
   wrapping every partial sum equals wrapping the final sum) or saturates (every
@@ -48,10 +65,13 @@ __all__ = [
     "a2q_plus_l1_bound",
     "a2q_plus_min_bits",
     "accumulate",
+    "bias_code_range",
     "l1_budget",
+    "l1_budget_with_bias",
     "min_feasible_bits",
     "project_l1_ball",
     "soft_threshold_for_l1",
+    "worst_case_range",
     "wrap_to_bits",
 ]
 
@@ -91,6 +111,28 @@ def a2q_plus_l1_bound(P: int, N: int) -> float:
 def l1_budget(P: int, N: int, signed: bool, zero_centred: bool) -> float:
     """The per-output-channel L1 budget: A2Q's T, or A2Q+'s T⁺ when ``zero_centred``."""
     return a2q_plus_l1_bound(P, N) if zero_centred else a2q_l1_bound(P, N, signed)
+
+
+def l1_budget_with_bias(
+    P: int, N: int, signed: bool, zero_centred: bool, bias: Tensor | float
+) -> Tensor | float:
+    """The L1 budget left to the weights of a channel whose bias code ``b`` (accumulator
+    scale) is added to the same P-bit register (module docstring):
+
+        A2Q:  T − |b|/2^(N−1_s),     A2Q+:  T⁺ − 2|b|/(2^N − 1)
+
+    (negative: the bias alone does not fit). ``bias`` a number or a tensor of codes.
+
+    >>> l1_budget_with_bias(10, 4, False, False, 255.0)   # (511 − 255)/16
+    16.0
+    >>> round(l1_budget_with_bias(10, 4, False, True, 255.0), 4)   # (1022 − 510)/15
+    34.1333
+    """
+    T = l1_budget(P, N, signed, zero_centred)
+    b = abs(bias)
+    if zero_centred:
+        return T - 2.0 * b / (2.0**N - 1.0)
+    return T - b / 2.0 ** (N - int(signed))
 
 
 def a2q_min_bits(l1: float, N: int, signed: bool) -> int:
@@ -152,6 +194,38 @@ def project_l1_ball(w: Tensor, radius: Tensor | float) -> Tensor:
     return torch.sign(w) * (w.abs() - theta).clamp(min=0)
 
 
+def worst_case_range(q: Tensor, x_min: int, x_max: int) -> tuple[Tensor, Tensor]:
+    """Exact extremes of y = Σ_i x_i·q_i per row of integer weights ``q`` ([C, K]) over
+    all inputs x_i ∈ [x_min, x_max] (REFERENCE.md §1, as FINN sizes accumulators):
+
+        max y = Σ_i q_i·(x_max if q_i > 0 else x_min),  min y = Σ_i q_i·(x_min if q_i > 0 else x_max).
+
+    Returns (min y, max y), int64 [C] (``q`` is rounded to int64 first).
+
+    >>> [t.tolist() for t in worst_case_range(torch.tensor([[1, -2, 3]]), 0, 15)]
+    [[-30], [60]]
+    """
+    q = torch.round(q).long().reshape(len(q), -1)
+    pos, neg = q.clamp(min=0).sum(1), q.clamp(max=0).sum(1)
+    return pos * x_min + neg * x_max, pos * x_max + neg * x_min
+
+
+def bias_code_range(y_min: Tensor, y_max: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Bias codes b that keep b + y in a ``bits``-bit signed register for every input,
+    given the extremes of the dot product y (:func:`worst_case_range`):
+
+        −2^(P−1) − min y ≤ b ≤ 2^(P−1) − 1 − max y
+
+    (an empty range, lo > hi, when the dot product alone can overflow; it contains 0
+    whenever y always fits, e.g. within the A2Q / A2Q+ budgets).
+
+    >>> [t.tolist() for t in bias_code_range(torch.tensor([-30]), torch.tensor([60]), 8)]
+    [[-98], [67]]
+    """
+    lo, hi = _range(bits)
+    return lo - y_min, hi - y_max
+
+
 def _range(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
@@ -171,33 +245,42 @@ def wrap_to_bits(acc: Tensor, bits: int) -> Tensor:
 
 
 def accumulate(
-    x: Tensor, q: Tensor, bits: int | None, mode: str = "wrap"
+    x: Tensor, q: Tensor, bits: int | None, mode: str = "wrap", bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Dot products of int64 rows x [M, K] with int64 weight rows q [C, K] in a
-    ``bits``-bit signed accumulator (None or ≥ 64: exact int64).
+    ``bits``-bit signed accumulator (None or ≥ 64: exact int64), which starts from the
+    int64 bias codes ``bias`` [C] when given (the bias preloaded into the register:
+    acc = b + Σ_k x_k·q_k).
 
     Returns (emulated [M, C], exact [M, C], overflowed [M, C] bool). ``wrap``: the
     exact sum wrapped (an output overflowed when its final sum is out of range —
-    intermediate wraps cancel); ``saturate``: the sum taken in order k = 0..K−1 with
-    every partial sum clamped (an output overflowed when any partial sum was clamped).
+    intermediate wraps cancel); ``saturate``: the bias loaded first (clamped), then
+    the sum taken in order k = 0..K−1 with every partial sum clamped (an output
+    overflowed when the bias or any partial sum was clamped).
 
     >>> x = torch.tensor([[15, 15, 15]]); q = torch.tensor([[7, 7, -7]])
     >>> [t.tolist() for t in accumulate(x, q, 8, "wrap")]
     [[[105]], [[105]], [[False]]]
     >>> [t.tolist() for t in accumulate(x, q, 8, "saturate")]
     [[[22]], [[105]], [[True]]]
+    >>> [t.tolist() for t in accumulate(x, q, 8, "wrap", bias=torch.tensor([30]))]
+    [[[-121]], [[135]], [[True]]]
     """
     if mode not in ACCUMULATOR_MODES:
         raise ValueError(f"accumulator mode must be one of {list(ACCUMULATOR_MODES)}, got {mode!r}")
     exact = x @ q.T
+    b = None if bias is None else bias.long().reshape(1, -1)  # [1, C]
+    if b is not None:
+        exact = exact + b
     if bits is None or bits >= 64:
         return exact, exact, torch.zeros_like(exact, dtype=torch.bool)
     if mode == "wrap":
         emulated = wrap_to_bits(exact, bits)
         return emulated, exact, emulated != exact
     lo, hi = _range(bits)
-    acc = torch.zeros_like(exact)
-    over = torch.zeros_like(exact, dtype=torch.bool)
+    acc = torch.zeros_like(exact) if b is None else b.expand_as(exact).clone()
+    over = (acc < lo) | (acc > hi)
+    acc = acc.clamp(lo, hi)
     for k in range(x.shape[1]):
         acc = acc + x[:, k : k + 1] * q[:, k].unsqueeze(0)  # [M, C]
         over |= (acc < lo) | (acc > hi)

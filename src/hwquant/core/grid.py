@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hwquant.core.minifloat import minifloat_round
+from hwquant.core.minifloat import minifloat_quantize, minifloat_round
 from hwquant.core.pot import bipolar_round, level_midpoints, pot_round, round_to_levels
 from hwquant.core.rounding import get_rounding
 from hwquant.spec.formats import (
@@ -46,11 +46,17 @@ __all__ = ["Grid", "fake_quantize", "make_grid"]
 
 @dataclass(frozen=True)
 class Grid:
-    """Grid function ``fn`` (applied to values already clamped to [lo, hi])."""
+    """Grid function ``fn`` on the range [lo, hi].
+
+    ``saturating`` (all formats but non-saturating minifloats): values are clamped
+    to [lo, hi] before ``fn``. Otherwise ``fn`` sees the unclamped value and maps
+    what lies beyond the range itself (to ±inf / nan, :func:`minifloat_quantize`).
+    """
 
     fn: Callable[[Tensor], Tensor]
     lo: float
     hi: float
+    saturating: bool = True
 
 
 def _levels_fn(levels: tuple[float, ...]) -> Callable[[Tensor], Tensor]:
@@ -73,6 +79,9 @@ def make_grid(fmt: Format, rounding: str = "half_even") -> Grid:
     if isinstance(fmt, IntFormat | TernaryFormat):
         return Grid(r, fmt.min_value, fmt.max_value)
     if isinstance(fmt, MinifloatFormat):
+        if not fmt.saturating:
+            fn = functools.partial(minifloat_quantize, fmt=fmt, rounding=r)
+            return Grid(fn, -fmt.max_value, fmt.max_value, saturating=False)
         fn = functools.partial(
             minifloat_round,
             mantissa_bits=fmt.mantissa_bits,
@@ -96,6 +105,8 @@ def fake_quantize(
 ) -> Tensor:
     """x̂ = s·(c + sg(g(c) − c) − z), c = clamp(x/s + z, lo, hi): value s·(g(c) − z),
     straight-through gradient for x, LSQ gradient for s and z (module docstring).
+    A non-saturating grid skips the clamp (c = x/s + z): beyond the range x̂ is
+    ±inf / nan, as the format says.
 
     Without autograd (inference, export checks) it runs in place: 1 allocation.
     """
@@ -105,13 +116,17 @@ def fake_quantize(
         v = x / scale
         if zero_point is not None:
             v += zero_point
-        q = grid.fn(v.clamp_(grid.lo, grid.hi))
+        q = grid.fn(v.clamp_(grid.lo, grid.hi) if grid.saturating else v)
         if zero_point is not None:
             q = q - zero_point
         return q.mul_(scale)
     v = x / scale if zero_point is None else x / scale + zero_point
-    c = torch.clamp(v, grid.lo, grid.hi)
-    y = c + (grid.fn(c) - c).detach()
+    if grid.saturating:
+        c = torch.clamp(v, grid.lo, grid.hi)
+        y = c + (grid.fn(c) - c).detach()
+    else:  # c = v; where g(v) or v is ±inf, c + (g − c) would be inf − inf = nan
+        g = grid.fn(v).detach()
+        y = torch.where(torch.isfinite(g) & torch.isfinite(v), v + (g - v).detach(), g)
     if zero_point is not None:
         y = y - zero_point
     return y * scale

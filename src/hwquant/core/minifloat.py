@@ -3,8 +3,9 @@
 For v = x/s with |v| in binade e = ⌊log2|v|⌋, clamped below at e_min = 1 − bias
 (where subnormals live, with the same step), the step is 2^(e − M) and
 q = round(v / 2^(e−M)) · 2^(e−M). Without subnormals, |v| < 2^e_min rounds to
-0 or ±2^e_min. Out-of-range values saturate to ±max, or become ±inf / nan when
-the format is not saturating.
+0 or ±2^e_min. Out-of-range values (±inf included) saturate to ±max, or become
+±inf (formats with inf) / nan (formats with nan only) when the format is not
+saturating (``MinifloatFormat.saturating``).
 
 >>> import torch
 >>> from hwquant.spec.formats import FP4_E2M1
@@ -52,13 +53,20 @@ def minifloat_round(
 def minifloat_quantize(
     v: Tensor, fmt: MinifloatFormat, rounding: Callable[[Tensor], Tensor] = round_half_even
 ) -> Tensor:
-    """Full minifloat semantics on scaled values: grid rounding, then saturation
-    (``fmt.saturating``) or overflow to ±inf (``has_inf``) / nan; nan stays nan."""
-    q = minifloat_round(v, fmt.mantissa_bits, fmt.min_exponent, fmt.has_subnormal, rounding)
+    """Full minifloat semantics on scaled values (the rule of :class:`MinifloatFormat`).
+
+    saturating:      q = round(clamp(v, −max, max))      (±inf → ±max)
+    non-saturating:  q = round(v); |q| > max or v = ±inf → ±inf (``has_inf``) else nan
+    nan stays nan. Rounding before the overflow test is IEEE's rule (and
+    ml_dtypes' casts): with max = 448 (E4M3FN), 464 rounds to 448, 465 overflows.
+    """
     m = fmt.max_value
     if fmt.saturating:
-        return torch.clamp(q, -m, m)
-    over = q.abs() > m
-    if fmt.has_inf:
-        return torch.where(over, torch.sign(q) * torch.inf, q)
-    return torch.where(over, torch.full_like(q, torch.nan), q)
+        # Clamp first: rounding ±inf would give inf/inf = nan. Same result as
+        # round-then-clamp, since ±max is on the grid and rounding is monotone.
+        v = torch.clamp(v, -m, m)
+        return minifloat_round(v, fmt.mantissa_bits, fmt.min_exponent, fmt.has_subnormal, rounding)
+    q = minifloat_round(v, fmt.mantissa_bits, fmt.min_exponent, fmt.has_subnormal, rounding)
+    over = (q.abs() > m) | torch.isinf(v)
+    special = torch.sign(v) * torch.inf if fmt.has_inf else torch.full_like(q, torch.nan)
+    return torch.where(over, special, q)

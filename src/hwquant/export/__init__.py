@@ -16,6 +16,14 @@ Example:
 
 from hwquant.export.qcdq import to_qcdq
 from hwquant.export.qonnx import accumulator_bits, to_qonnx
-from hwquant.export.verify import BackendResult, VerifyReport, verify
+from hwquant.export.verify import BackendResult, VerifyReport, verify, with_batch
 
-__all__ = ["BackendResult", "VerifyReport", "accumulator_bits", "to_qcdq", "to_qonnx", "verify"]
+__all__ = [
+    "BackendResult",
+    "VerifyReport",
+    "accumulator_bits",
+    "to_qcdq",
+    "to_qonnx",
+    "verify",
+    "with_batch",
+]

@@ -173,9 +173,7 @@ def _emit_float(x: Tensor, p: QuantParams) -> Tensor:
         "has_inf": int(fmt.has_inf),
         "has_nan": int(fmt.has_nan),
         "has_subnormal": int(fmt.has_subnormal),
-        # hwquant's Quantizer clamps to ±max before rounding (core.grid), so the
-        # traced model always saturates, whatever fmt.saturating says.
-        "saturation": 1,
+        "saturation": int(fmt.saturating),
         "rounding_mode": QONNX_NAMES[p.spec.rounding],
     }
     inputs = (
@@ -291,10 +289,11 @@ def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: 
     elif isinstance(bq, BiasQuantizer) and bq._forward != bq._forward_float:
         with torch.no_grad():
             s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
+            bias = layer.accumulator_bias(s_acc).detach()  # A2Q: clipped to fit P bits
         p = QuantParams(pre + "bias_quant", bq.spec, s_acc.detach().reshape(-1).clone(), None)
         fn = _emitter_for(p)
         params[p.path] = p
-        _set(saved, layer, "quant_bias", lambda: fn(layer.bias, p))
+        _set(saved, layer, "quant_bias", lambda: fn(bias, p))
 
 
 def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tensor]:

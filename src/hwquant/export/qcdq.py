@@ -5,14 +5,30 @@ The model is exported to QONNX first (:func:`hwquant.export.qonnx.qonnx_proto`),
 then each QONNX node is lowered:
 
 - ``Quant`` of 2–8 bits → Q → Clip(q_min, q_max) → DQ with an int8 / uint8
-  container (Clip is left out when the range is the container's); 16-bit full
+  container (Clip is left out when the range is the container's). A *signed
+  8-bit* quantizer of a weight (a constant) or of any tensor that feeds the
+  weight input of a MatMul / Gemm / Conv / ConvTranspose is written in a uint8
+  container with zero point z + 128 instead: the same values, but onnxruntime's
+  default session then fuses the layer into its u8×u8 integer kernels instead of
+  u8×s8. On x86 without VNNI (AVX2, AVX-512F) the u8×s8 kernels add pairs of
+  u8·s8 products in 16 bits with saturation (``vpmaddubsw``), which for 8-bit
+  weights (2·255·127 > 32767) silently gives wrong sums — tens of thousands of
+  output steps; the u8×u8 kernels widen to 16 bits first and are exact. Weights
+  of ≤ 7 bits cannot saturate (2·255·64 ≤ 32767) and keep int8. Signed
+  activations in int8 would not help: onnxruntime converts s8 activations to u8
+  (+128) on x86 before the same kernels. 16-bit full
   range → int16 / uint16 Q → DQ (onnxruntime has no int16 Clip kernel); with
   ``int4=True`` a full-range 4-bit Quant uses onnxruntime's native int4 / uint4.
   Per-channel scales use ``axis``, per-group scales blocked quantization
   (``axis`` + ``block_size``). A ``Quant`` of a constant (weights, biases) that no
   container above holds (e.g. a 32-bit bias) becomes its int32 codes → DQ.
 - ``FloatQuant`` of an ONNX FP8 type (E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ, with
-  subnormals) → Q → DQ with a float8 zero point, ``saturate=1``.
+  subnormals) → Q → DQ with a float8 zero point, ``saturate=1``. A ``Relu`` in
+  front of it becomes ``Max(x, 0)`` and a ``Clip`` ``Min(Max(x, lo), hi)``:
+  onnxruntime's optimizer drops a Relu before a QuantizeLinear as if the zero
+  point were the container's minimum (true for uint8 zp = 0, wrong for float8,
+  where negative values then pass) and fails to load a Clip before a float8
+  QuantizeLinear.
 - ``Trunc`` (average pooling) → Div → Round → Div(2^t) → Floor → Clip → Mul, the
   same arithmetic in standard ops.
 
@@ -35,7 +51,7 @@ APoT / MSQ codes fail already in the QONNX step.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +127,8 @@ class _Ctx:
     inits: dict[str, np.ndarray]
     int4: bool
     new_inits: list
+    #: tensors consumed as the weight input (index 1) of a MatMul / Gemm / Conv.
+    weight_inputs: set[str] = field(default_factory=set)
     counter: int = 0
 
     def name(self, base: str) -> str:
@@ -139,6 +157,7 @@ def qonnx_to_qcdq(proto: onnx.ModelProto, *, int4: bool = False) -> onnx.ModelPr
     out.CopyFrom(proto)
     g = out.graph
     ctx = _Ctx(out, {t.name: numpy_helper.to_array(t) for t in g.initializer}, int4, [])
+    ctx.weight_inputs = {n.input[1] for n in g.node if n.op_type in _MAC_OPS and len(n.input) > 1}
     nodes = []
     for n in g.node:
         if n.domain == QONNX_DOMAIN or n.op_type in (
@@ -151,7 +170,7 @@ def qonnx_to_qcdq(proto: onnx.ModelProto, *, int4: bool = False) -> onnx.ModelPr
         else:
             nodes.append(n)
     del g.node[:]
-    g.node.extend(nodes)
+    g.node.extend(_guard_fp8_clamps(nodes, ctx))
     g.initializer.extend(ctx.new_inits)
     del g.quantization_annotation[:]
     _drop_unused_initializers(out)
@@ -263,7 +282,20 @@ def _qparams(
     return s_q, z_q, attrs
 
 
+_MAC_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+
+
+def _saturates_u8s8(n: Any, ctx: _Ctx, bits: int, signed: bool, dtype: int) -> bool:
+    """A signed 8-bit quantizer of a weight (constant or MAC weight input): its int8
+    codes reach ±128, where onnxruntime's u8×s8 kernels saturate (module docstring)."""
+    from onnx import TensorProto as T
+
+    is_weight = n.input[0] in ctx.inits or n.output[0] in ctx.weight_inputs
+    return dtype == T.INT8 and signed and bits == 8 and is_weight
+
+
 def _lower_quant(n: Any, ctx: _Ctx) -> list:
+    from onnx import TensorProto as T
     from onnx import helper
 
     where = _where(n)
@@ -289,6 +321,10 @@ def _lower_quant(n: Any, ctx: _Ctx) -> list:
             "int16/uint16 only full-range 16 bits: onnxruntime has no int16 Clip kernel)"
         )
     dtype, clip = cont
+    if _saturates_u8s8(n, ctx, bits, signed, dtype):
+        # same values in a uint8 container: codes and zero point + 128 (module docstring)
+        dtype, z_q, q_min, q_max = T.UINT8, z_q + 128, q_min + 128, q_max + 128
+        clip = (q_min, q_max) != (0, 255)
     scale = ctx.add(f"{n.name}_scale", s_q)
     zp = ctx.add(f"{n.name}_zp", np.broadcast_to(z_q, s_q.shape).astype(np.int64), dtype)
     q, y = ctx.name(f"{n.name}_q"), n.output[0]
@@ -390,6 +426,38 @@ def _lower_float(n: Any, ctx: _Ctx) -> list:
         node.metadata_props.extend(n.metadata_props)
     return nodes
 
+
+def _guard_fp8_clamps(nodes: list, ctx: _Ctx) -> list:
+    """Relu / Clip feeding a float8 QuantizeLinear → Max / Min (module docstring)."""
+    from onnx import helper
+
+    fp8 = {t.name for t in ctx.new_inits if t.data_type in _FP8_DTYPES}
+    guarded = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear" and n.input[2] in fp8}
+    out = []
+    for n in nodes:
+        if n.op_type not in ("Relu", "Clip") or n.output[0] not in guarded:
+            out.append(n)
+            continue
+        bounds = (
+            [ctx.add(f"{n.name}_zero", np.float32(0.0))]
+            if n.op_type == "Relu"
+            else list(n.input[1:3])
+        )
+        x, ops = n.input[0], ("Max", "Min")
+        for i, b in enumerate(bounds):
+            if not b:  # Clip without that bound
+                continue
+            last = i == len(bounds) - 1 or not bounds[i + 1]
+            y = n.output[0] if last else ctx.name(f"{n.name}_max")
+            out.append(helper.make_node(ops[i], [x, b], [y], name=ctx.name(n.name)))
+            out[-1].metadata_props.extend(n.metadata_props)
+            x = y
+        if x == n.input[0]:  # a Clip without bounds
+            out.append(helper.make_node("Identity", [x], [n.output[0]], name=ctx.name(n.name)))
+    return out
+
+
+_FP8_DTYPES = {dtype for _, dtype in _FP8.values()}
 
 _ROUND_OPS = {"FLOOR": "Floor", "CEIL": "Ceil", "ROUND": "Round", "HALF_EVEN": "Round"}
 

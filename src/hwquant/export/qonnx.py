@@ -46,7 +46,7 @@ from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, emitting
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 from hwquant.spec import serialize
-from hwquant.spec.formats import BipolarFormat, IntFormat, TernaryFormat
+from hwquant.spec.formats import BipolarFormat, IntFormat, MinifloatFormat, TernaryFormat
 from hwquant.spec.layer_spec import LayerSpec, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,7 +84,10 @@ def to_qonnx(
         example_input: a tensor (or tuple of tensors) with the input shape; its
             batch size is the graph's batch size unless ``dynamic_batch``.
         path: the ``.onnx`` file to write (its directory must exist).
-        dynamic_batch: make dimension 0 of every input and output symbolic.
+        dynamic_batch: make dimension 0 of every input and output symbolic
+            (onnxruntime runs any batch; qonnx's ``execute_onnx`` checks inputs
+            against fixed shapes: run such a file there after
+            ``hwquant.export.verify.with_batch(path, n)``, as ``verify`` does).
         recipe: stored as JSON in the metadata; by default the recipe that
             reproduces the model's layer specs (module path → LayerSpec).
 
@@ -117,6 +120,7 @@ def qonnx_proto(
     inputs = as_inputs(example_input)
     with eval_mode(model):
         check_quantizers_ready(model)
+        warn_ignored_subnormals(model)
         check_example(model, inputs)
         proto = _trace_to_onnx(model, inputs, dynamic_batch)
         acc = accumulator_bits(model)
@@ -163,6 +167,31 @@ def check_quantizers_ready(model: nn.Module) -> None:
             )
         if q._forward == q._forward_observe:
             raise ValueError(f"{path}: quantizer is calibrating; call finish_calibration() first")
+
+
+def warn_ignored_subnormals(model: nn.Module) -> list[str]:
+    """Warn (``UserWarning`` naming each quantizer) about minifloats without
+    subnormals: the FloatQuant node says ``has_subnormal=0``, but qonnx's executor
+    ignores the attribute and rounds to subnormals, so it differs from torch on
+    values below the smallest normal. Returns the quantizer paths."""
+    paths = [
+        path or "<root>"
+        for path, q in model.named_modules()
+        if isinstance(q, Quantizer)
+        and isinstance(q.spec.format, MinifloatFormat)
+        and not q.spec.format.has_subnormal
+        and q._forward != q._forward_float
+    ]
+    if paths:
+        warnings.warn(
+            f"{', '.join(paths)}: minifloat without subnormals; the QONNX FloatQuant node is "
+            "written with has_subnormal=0, but qonnx's executor ignores it (rounds to "
+            "subnormals), so it differs from torch below the smallest normal value "
+            "(verify notes it; QCDQ refuses these formats)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return paths
 
 
 @contextlib.contextmanager
@@ -428,7 +457,9 @@ def accumulator_bits(model: nn.Module) -> dict[str, int]:
         lo, hi = x
         acc_max = torch.where(q > 0, q * hi, q * lo).sum(1)
         acc_min = torch.where(q > 0, q * lo, q * hi).sum(1)
-        if isinstance(layer.bias_quant, BiasQuantizer) and layer.bias is not None:
+        wspec = getattr(layer.weight_quant, "spec", None)
+        after = not getattr(wspec, "bias_in_accumulator", True)  # declared: FINN thresholds
+        if isinstance(layer.bias_quant, BiasQuantizer) and layer.bias is not None and not after:
             with torch.no_grad():
                 b = layer.quant_bias()
                 s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)

@@ -9,8 +9,33 @@ accumulator step s_in·s_w of an un-quantized Gemm/Conv output, 2s for bipolar,
 the local step s·2^(e−M) of a minifloat grid. Where no step can be read from
 the graph (e.g. a float Sigmoid output) the absolute difference is used.
 
+onnxruntime runs twice: ``onnxruntime`` with a default ``InferenceSession`` (what
+users deploy: graph optimizations on, Q/DQ pairs fused into integer kernels) and
+``onnxruntime-noopt`` with ``ORT_DISABLE_ALL`` (the graph as written, in float).
+
 A backend passes when it is within ``tolerance`` steps (default: 0 — same code —
-for qonnx and onnxruntime, 1 for hls4ml's fixed-point emulation).
+for qonnx and both onnxruntime runs, 1 for hls4ml's fixed-point emulation), not
+counting *boundary flips*.
+
+Boundary flips. With non-power-of-two scales the float32 value in front of a
+quantizer depends on summation order, so a value that lies on a rounding
+boundary may round one way in torch and the other in a backend; the one-step
+difference then propagates. :func:`verify` separates these from real
+mismatches when a backend differs: it reruns the torch model in float64 twice,
+with every activation quantizer's input moved by ±ε, ε = ``BOUNDARY_RHO`` · (the
+largest |x| of that sample's tensor; ≈ 16 float32 ulps of it, a bound on the
+summation-order error of a float32 sum), i.e. every value within float32
+rounding error of a boundary rounded up in one run and down in the other. A
+mismatched output value is a *boundary flip* when one of these runs moves some
+output of the same sample (batch row) away from torch's, by R steps at most,
+and the backend is off by at most 2R + 1 steps there (a backend may flip any
+subset of the ambiguous values, so its pattern need not match either run's);
+every other mismatch is *real* (a saturated integer kernel, thousands of steps
+off; a lost ReLU; any mismatch in a sample with no value near a boundary). Boundary flips
+pass (``strict=True`` makes them fail) and are counted apart in the report;
+:attr:`VerifyReport.exact` tells whether every backend gave torch's codes.
+With power-of-two scales every float product and sum of the graph is exact and
+no flips occur (the zoo: bit-exact everywhere).
 
 Example:
     >>> import tempfile, torch
@@ -41,7 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hwquant.export.emit import QONNX_DOMAIN
+from hwquant.export.emit import PATH_KEY, QONNX_DOMAIN
 from hwquant.export.qonnx import Inputs, as_inputs, eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BACKENDS",
+    "BOUNDARY_RHO",
     "DEFAULT_TOLERANCE",
     "BackendResult",
     "VerifyReport",
@@ -58,9 +84,17 @@ __all__ = [
     "with_batch",
 ]
 
-BACKENDS = ("qonnx", "onnxruntime", "hls4ml")
+BACKENDS = ("qonnx", "onnxruntime", "onnxruntime-noopt", "hls4ml")
 #: allowed difference in output steps per backend.
-DEFAULT_TOLERANCE: dict[str, float] = {"qonnx": 0.0, "onnxruntime": 0.0, "hls4ml": 1.0}
+DEFAULT_TOLERANCE: dict[str, float] = {
+    "qonnx": 0.0,
+    "onnxruntime": 0.0,
+    "onnxruntime-noopt": 0.0,
+    "hls4ml": 1.0,
+}
+#: float32 rounding error in front of a quantizer, relative to the largest |x| of
+#: the sample's tensor (2^-19 ≈ 16 float32 ulps of it): the boundary-flip criterion.
+BOUNDARY_RHO = 2.0**-19
 #: float32 summation-order noise, relative to the largest output, that still counts as the same
 #: code (un-quantized accumulator outputs with non-power-of-two scales).
 _NOISE = 1e-6
@@ -77,13 +111,23 @@ class BackendResult:
     passed: bool | None = None
     max_steps: float | None = None
     max_abs: float | None = None
+    #: values off by half a step or more (all of them, boundary flips included).
     mismatched: int = 0
     n_values: int = 0
     seconds: float = 0.0
     note: str = ""
+    #: the mismatches explained by rounding boundaries (module docstring).
+    boundary_flips: int = 0
+    #: largest difference, in steps, of the mismatches that are not boundary flips.
+    real_max_steps: float | None = None
+
+    @property
+    def real_mismatches(self) -> int:
+        """Mismatches that are not boundary flips."""
+        return self.mismatched - self.boundary_flips
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "real_mismatches": self.real_mismatches}
 
 
 @dataclass
@@ -97,9 +141,19 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        """Every backend that ran passed (and at least one besides torch ran)."""
-        ran = [r for r in self.results if r.ran and r.backend != "torch"]
+        """Every backend that ran passed (and at least one besides torch ran);
+        boundary flips pass unless ``verify(..., strict=True)``."""
+        ran = self._ran()
         return bool(ran) and all(r.passed for r in ran)
+
+    @property
+    def exact(self) -> bool:
+        """Passed, and every backend gave torch's codes (no mismatch at all, not
+        even a boundary flip)."""
+        return self.passed and all(r.mismatched == 0 for r in self._ran())
+
+    def _ran(self) -> list[BackendResult]:
+        return [r for r in self.results if r.ran and r.backend != "torch"]
 
     def __getitem__(self, backend: str) -> BackendResult:
         for r in self.results:
@@ -115,6 +169,7 @@ class VerifyReport:
             "kind": self.kind,
             "n_inputs": self.n_inputs,
             "passed": self.passed,
+            "exact": self.exact,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -122,17 +177,26 @@ class VerifyReport:
         """A plain-text table, one line per backend."""
         lines = [f"{self.kind.upper()} {self.path}: {self.n_inputs} inputs"]
         lines.append(
-            f"  {'backend':<12} {'status':<8} {'max steps':>10} {'max |diff|':>11} "
-            f"{'mismatched':>11} {'seconds':>8}  note"
+            f"  {'backend':<17} {'status':<8} {'max steps':>10} {'max |diff|':>11} "
+            f"{'mismatched':>13} {'boundary':>9} {'seconds':>8}  note"
         )
         for r in self.results:
             status = "skipped" if not r.ran else ("pass" if r.passed else "FAIL")
+            if r.ran and r.passed and r.mismatched:
+                status = "pass*"
             steps = "-" if r.max_steps is None else f"{r.max_steps:.3g}"
             absd = "-" if r.max_abs is None else f"{r.max_abs:.3g}"
             mism = f"{r.mismatched}/{r.n_values}" if r.ran else "-"
+            flips = str(r.boundary_flips) if r.ran and r.backend != "torch" else "-"
             lines.append(
-                f"  {r.backend:<12} {status:<8} {steps:>10} {absd:>11} {mism:>11} "
+                f"  {r.backend:<17} {status:<8} {steps:>10} {absd:>11} {mism:>13} {flips:>9} "
                 f"{r.seconds:8.2f}  {r.note}"
+            )
+        if any(r.boundary_flips for r in self.results):
+            lines.append(
+                "  * boundary: mismatches where torch's float64 pre-rounding value lies within "
+                "float32 rounding error of a rounding boundary (summation order; power-of-two "
+                "scales are exact)"
             )
         return "\n".join(lines)
 
@@ -151,9 +215,32 @@ def graph_kind(proto: onnx.ModelProto) -> str:
     return "onnx"
 
 
-def with_batch(proto: onnx.ModelProto, n: int) -> onnx.ModelProto:
+def with_batch(proto: onnx.ModelProto | str | os.PathLike, n: int) -> onnx.ModelProto:
     """A copy whose symbolic batch dimension is ``n`` (shapes re-inferred); a graph
-    with a fixed batch is returned unchanged."""
+    with a fixed batch is returned unchanged. ``proto`` may be a path.
+
+    qonnx's ``execute_onnx`` checks every input against the graph's declared
+    shape, and a symbolic batch reads as 0 there: a file exported with
+    ``dynamic_batch=True`` runs in it only after fixing the batch.
+
+    >>> import tempfile, torch
+    >>> from qonnx.core.modelwrapper import ModelWrapper
+    >>> from qonnx.core.onnx_exec import execute_onnx
+    >>> from hwquant.export.qonnx import to_qonnx
+    >>> from hwquant.nn import QuantReLU
+    >>> from hwquant.spec import A4U, LayerSpec
+    >>> act = QuantReLU(spec=LayerSpec(output=A4U)).eval()
+    >>> _ = act(torch.randn(100, 8))
+    >>> p = to_qonnx(act, torch.randn(2, 8), tempfile.mkdtemp() + "/a.onnx", dynamic_batch=True)
+    >>> mw = ModelWrapper(with_batch(p, 5))
+    >>> y = execute_onnx(mw, {mw.graph.input[0].name: torch.randn(5, 8).numpy()})
+    >>> y[mw.graph.output[0].name].shape
+    (5, 8)
+    """
+    if not hasattr(proto, "graph"):
+        import onnx
+
+        proto = onnx.load(str(proto))
     dyn = [
         vi
         for vi in (*proto.graph.input, *proto.graph.output)
@@ -377,14 +464,17 @@ def _run_qonnx(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndar
     return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
 
-def _run_onnxruntime(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _run_onnxruntime(
+    proto: onnx.ModelProto, xs: Sequence[np.ndarray], optimize: bool = True
+) -> list[np.ndarray]:
+    """A default session (graph optimizations fuse Q/DQ pairs into integer kernels,
+    as users deploy), or with ``optimize=False`` the graph as written."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # Graph optimizations may fuse Q/DQ pairs into integer kernels with other
-    # rounding: verify the graph as written.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3  # logging only: numerics are the default session's
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     fixed = _batch_of(proto)
@@ -409,16 +499,21 @@ def _run_hls4ml(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.nda
     return [hls4ml_predict(proto, xs[0])]
 
 
+def _run_onnxruntime_noopt(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return _run_onnxruntime(proto, xs, optimize=False)
+
+
 _RUNNERS: dict[str, Callable[[Any, Sequence[np.ndarray]], list[np.ndarray]]] = {
     "qonnx": _run_qonnx,
     "onnxruntime": _run_onnxruntime,
+    "onnxruntime-noopt": _run_onnxruntime_noopt,
     "hls4ml": _run_hls4ml,
 }
 
 
 def _applicable(backend: str, kind: str, proto: onnx.ModelProto) -> str | None:
     """Why ``backend`` does not apply to this graph (None if it does)."""
-    if backend == "onnxruntime" and kind == "qonnx":
+    if backend.startswith("onnxruntime") and kind == "qonnx":
         return "onnxruntime has no kernels for QONNX ops (export with to_qcdq)"
     if backend == "hls4ml":
         if kind != "qonnx":
@@ -429,39 +524,138 @@ def _applicable(backend: str, kind: str, proto: onnx.ModelProto) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- boundary flips
+def _nudged_outputs(model: nn.Module, xs: tuple[Tensor, ...]) -> tuple[list, list]:
+    """torch in float64 with every activation quantizer's input moved up (first)
+    and down (second) by ε = ``BOUNDARY_RHO`` · max|x| of the sample: each value
+    within float32 rounding error of a rounding boundary rounds up, then down."""
+    from hwquant.nn.quantizer import Quantizer
+
+    m64 = copy.deepcopy(model).double()
+    sign = [1.0]
+
+    def nudge(q: Quantizer, args: tuple, out: Tensor) -> Tensor:
+        x = args[0]
+        dims = tuple(range(1, x.dim())) if x.dim() >= 2 else tuple(range(x.dim()))
+        eps = BOUNDARY_RHO * x.detach().abs().amax(dim=dims, keepdim=True)
+        return q.forward(x + sign[0] * eps)  # .forward: no hooks, no recursion
+
+    handles = [
+        m.register_forward_hook(nudge)
+        for m in m64.modules()
+        if isinstance(m, Quantizer) and m.role != "weight"  # weights: same float32 codes everywhere
+    ]
+    runs = []
+    try:
+        for sign[0] in (1.0, -1.0):
+            runs.append(_torch_outputs(m64, tuple(x.double() for x in xs)))
+    finally:
+        for h in handles:
+            h.remove()
+    return runs[0], runs[1]
+
+
+def _explained(
+    d: np.ndarray, ref: np.ndarray, up: np.ndarray, down: np.ndarray, unit: Any, noise: float
+) -> np.ndarray:
+    """Values a boundary flip can explain: the up or down run moves some output of
+    the same sample (batch row) away from torch's value, by R steps at most, and
+    this value is off by at most 2R + 1 steps. (A backend may flip any subset of
+    the ambiguous values, so its differences need not match either run's.)"""
+    unit = np.broadcast_to(unit, ref.shape)
+    mu, md = np.abs(up - ref), np.abs(down - ref)
+    moved = np.maximum(mu, md)
+    moved_steps = np.where(moved > 0.5 * unit + noise, moved / unit, 0.0)
+    rows = moved_steps.reshape(moved_steps.shape[0], -1) if ref.ndim else moved_steps.reshape(1, 1)
+    reach = rows.max(axis=1).reshape((-1,) + (1,) * max(ref.ndim - 1, 0))
+    reach = np.broadcast_to(reach, ref.shape) if ref.ndim else reach.reshape(())
+    return (reach > 0) & (d <= (2 * reach + 1) * unit + noise)
+
+
 def _compare(
     backend: str,
     ys: list[np.ndarray],
     refs: list[np.ndarray],
     steps: list[_Step | None],
     tol: float,
+    nudged: Callable[[], tuple[list, list]],
+    strict: bool = False,
 ) -> BackendResult:
     if len(ys) != len(refs):
         return BackendResult(
             backend, True, False, note=f"{len(ys)} outputs, torch gave {len(refs)}"
         )
     worst_steps: float | None = 0.0
-    worst_abs, mism, total, ok = 0.0, 0, 0, True
-    for y, ref, st in zip(ys, refs, steps, strict=True):
+    real_steps: float | None = 0.0
+    worst_abs, mism, flips, total, ok = 0.0, 0, 0, 0, True
+    for j, (y, ref, st) in enumerate(zip(ys, refs, steps, strict=True)):
         if y.shape != ref.shape:
             return BackendResult(backend, True, False, note=f"shape {y.shape} vs torch {ref.shape}")
         d = np.abs(y - ref)
         worst_abs = max(worst_abs, float(d.max(initial=0.0)))
         total += d.size
-        if st is None:
-            worst_steps = None
-            lim = 1e-5 * max(1.0, float(np.abs(ref).max(initial=0.0)))
-            mism += int((d > lim).sum())
-            ok &= bool((d <= lim).all())
-            continue
-        step = st.at(ref)
-        noise = _NOISE * float(np.abs(ref).max(initial=0.0))
-        m = float((d / step).max(initial=0.0))
-        if worst_steps is not None:
-            worst_steps = max(worst_steps, m)
-        mism += int((d > 0.5 * step + noise).sum())
-        ok &= bool((d <= tol * step + noise).all())
-    return BackendResult(backend, True, ok, worst_steps, worst_abs, mism, total)
+        if st is None:  # no grid: a relative float tolerance
+            worst_steps = real_steps = None
+            unit: Any = 1e-5 * max(1.0, float(np.abs(ref).max(initial=0.0)))
+            noise = 0.0
+            bad = over = d > unit
+        else:
+            unit = st.at(ref)
+            noise = _NOISE * float(np.abs(ref).max(initial=0.0))
+            bad = d > 0.5 * unit + noise
+            over = d > tol * unit + noise
+            if worst_steps is not None:
+                worst_steps = max(worst_steps, float((d / unit).max(initial=0.0)))
+        flip = np.zeros_like(bad)
+        if bad.any():
+            up, down = nudged()
+            flip = bad & _explained(d, ref, up[j], down[j], unit, noise)
+        real = bad & ~flip
+        if real_steps is not None and real.any():
+            real_steps = max(real_steps, float((d / unit)[real].max()))
+        mism += int(bad.sum())
+        flips += int(flip.sum())
+        ok &= not bool((over if strict else over & ~flip).any())
+    return BackendResult(
+        backend,
+        True,
+        ok,
+        worst_steps,
+        worst_abs,
+        mism,
+        total,
+        boundary_flips=flips,
+        real_max_steps=real_steps,
+    )
+
+
+def _backend_notes(backend: str, proto: onnx.ModelProto) -> str:
+    """What the row should say about how the backend ran or what it ignores."""
+    if backend == "onnxruntime":
+        return "default session (graph optimizations on)"
+    if backend == "onnxruntime-noopt":
+        return "ORT_DISABLE_ALL (the graph as written)"
+    if backend == "qonnx":
+        from onnx import helper
+
+        paths = [
+            next((m.value for m in n.metadata_props if m.key == PATH_KEY), n.name)
+            for n in proto.graph.node
+            if n.op_type == "FloatQuant"
+            and any(
+                a.name == "has_subnormal" and not helper.get_attribute_value(a) for a in n.attribute
+            )
+        ]
+        if paths:
+            return (
+                "qonnx's executor ignores has_subnormal=0 (it rounds to subnormals torch "
+                f"flushes) at {', '.join(paths)}"
+            )
+    if backend == "hls4ml":
+        from hwquant.export.hls4ml import DEFAULT_PRECISION
+
+        return f"Vivado, io_parallel, auto precisions, default {DEFAULT_PRECISION}"
+    return ""
 
 
 def verify(
@@ -471,19 +665,24 @@ def verify(
     *,
     backends: Sequence[str] | None = None,
     tolerance: Mapping[str, float] | None = None,
+    strict: bool = False,
 ) -> VerifyReport:
     """Run ``inputs`` through torch and every applicable backend for the graph at
     ``path``; report the largest difference in output steps per backend.
 
     Args:
         model: the torch model the graph was exported from (the reference).
-        path: a QONNX file (``to_qonnx``) or a QCDQ file (``to_qcdq``).
+        path: a QONNX file (``to_qonnx``) or a QCDQ file (``to_qcdq``); a
+            dynamic-batch file runs in qonnx's executor with its batch fixed to
+            the inputs' (:func:`with_batch`).
         inputs: a batch (tensor or tuple of tensors); a fixed-batch graph runs it
             in chunks of its batch size.
-        backends: subset of ``("qonnx", "onnxruntime", "hls4ml")``; default all.
-            Backends that do not apply (onnxruntime on QONNX ops, hls4ml on what
-            it cannot take) are listed as skipped with the reason.
+        backends: subset of ``BACKENDS``; default all (``onnxruntime`` is a
+            default session, ``onnxruntime-noopt`` one with graph optimizations
+            off). Backends that do not apply (onnxruntime on QONNX ops, hls4ml on
+            what it cannot take) are listed as skipped with the reason.
         tolerance: allowed steps per backend (defaults in ``DEFAULT_TOLERANCE``).
+        strict: boundary flips (module docstring) fail the backend too.
     """
     import onnx
 
@@ -515,6 +714,13 @@ def verify(
     )
     steps = output_steps(proto)
     arrays = [x.numpy() for x in xs]
+    cache: list[tuple[list, list]] = []
+
+    def nudged() -> tuple[list, list]:  # computed once, only if some backend differs
+        if not cache:
+            cache.append(_nudged_outputs(model, xs))
+        return cache[0]
+
     for b in chosen:
         why = _applicable(b, kind, proto)
         if why is not None:
@@ -535,12 +741,9 @@ def verify(
                 )
             )
             continue
-        r = _compare(b, ys, refs, steps, tol[b])
+        r = _compare(b, ys, refs, steps, tol[b], nudged, strict)
         r.seconds = time.perf_counter() - t0
-        if b == "hls4ml":
-            from hwquant.export.hls4ml import DEFAULT_PRECISION
-
-            setting = f"Vivado, io_parallel, auto precisions, default {DEFAULT_PRECISION}"
-            r.note = f"{r.note}; {setting}" if r.note else setting
+        extra = _backend_notes(b, proto)
+        r.note = "; ".join(x for x in (r.note, extra) if x)
         report.results.append(r)
     return report

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hwquant.models.registry import record_architecture, register_model
 from hwquant.nn import (
     QuantAdd,
     QuantAvgPool2d,
@@ -49,7 +50,7 @@ from hwquant.spec.formats import (
 from hwquant.spec.layer_spec import LayerSpec, accumulator_bias
 from hwquant.spec.quant_spec import PER_TENSOR, QuantSpec, ScaleSpec, per_channel, per_group
 
-__all__ = ["ZOO", "ZooEntry", "act", "build", "calibrate", "resnet8", "weight"]
+__all__ = ["ZOO", "ZooEntry", "act", "build", "calibrate", "make", "resnet8", "weight"]
 
 PO2 = ScaleSpec("max", power_of_two=True)
 
@@ -270,6 +271,27 @@ class SmoothActs(nn.Module):
         return torch.cat([self.sig(y), self.tanh(y)], dim=1)
 
 
+class PoolHead(nn.Module):
+    """Conv (INT8 × W8) → ReLU (UINT8) → AdaptiveAvgPool2d(1) → Linear (UINT8 × W8):
+    8-bit weights against unsigned 8-bit activations, the case onnxruntime's
+    saturating u8×s8 kernels get wrong unless QCDQ writes the weights as uint8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # 32-bit accumulator biases: onnxruntime fuses those into its integer kernels.
+        bias = accumulator_bias(32)
+        spec = LayerSpec(input=act(8), weight=weight(8), bias=bias)
+        self.conv = QuantConv2d(3, 64, 3, padding=1, spec=spec)
+        self.relu = QuantReLU(spec=LayerSpec(output=act(8, False)))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = QuantLinear(
+            64, 10, spec=LayerSpec(input=act(8, False), weight=weight(8), bias=bias)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1))
+
+
 class ResNet8(nn.Module):
     """A ResNet-8-sized CNN (MLPerf Tiny's CIFAR-10 ResNet-8: 16/32/64 channels,
     3 residual stages), INT8 input, INT4 weights per channel, UINT4 activations."""
@@ -341,6 +363,7 @@ ZOO: dict[str, ZooEntry] = {
     "conv1d": ZooEntry(Conv1dNet, (2, 12)),
     "bits_sweep": ZooEntry(BitsSweep, (16,), qcdq=False),
     "smooth_acts": ZooEntry(SmoothActs, (16,), exact=False),
+    "pool_head": ZooEntry(PoolHead, (3, 8, 8)),
 }
 
 
@@ -361,5 +384,17 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
         raise ValueError(f"unknown zoo model {name!r}; known: {sorted(ZOO)}")
     entry = ZOO[name]
     torch.manual_seed(seed)
-    model = entry.make()
+    model = make(name)
     return calibrate(model, entry.input_shape, seed=seed + 1), entry.input_shape
+
+
+def make(name: str) -> nn.Module:
+    """The uncalibrated zoo model ``name`` (model files rebuild it by this name)."""
+    if name not in ZOO:
+        raise ValueError(f"unknown zoo model {name!r}; known: {sorted(ZOO)}")
+    model = ZOO[name].make()
+    record_architecture(model, "zoo", name=name)
+    return model
+
+
+register_model("zoo", make)

@@ -11,6 +11,8 @@ import itertools
 
 from torch import Tensor, nn
 
+from hwquant.models.registry import record_architecture, register_model
+
 __all__ = ["MLP", "DigitsCNN"]
 
 
@@ -29,6 +31,8 @@ class DigitsCNN(nn.Module):
             *block(1, c), *block(c, 2 * c), nn.MaxPool2d(2), *block(2 * c, 2 * c), nn.MaxPool2d(2)
         )
         self.classifier = nn.Linear(2 * c * 4, num_classes)
+        if type(self) is DigitsCNN:  # a subclass is not rebuilt by this name
+            record_architecture(self, "DigitsCNN", channels=channels, num_classes=num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))
@@ -48,6 +52,12 @@ class MLP(nn.Module):
                     layers.append(nn.BatchNorm1d(b))
                 layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)
+        if type(self) is MLP:
+            record_architecture(self, "MLP", sizes=tuple(sizes), batch_norm=batch_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x.flatten(1))
+
+
+register_model("DigitsCNN", DigitsCNN)
+register_model("MLP", MLP)

@@ -14,6 +14,23 @@ where zero-centring also bounds each sign half by T/2, which is what A2Q+ needs
 (:mod:`hwquant.core.accumulator`). The clamp keeps a relative margin of 1e-6 below T
 and the normalization runs in float64 so float32 round-off cannot push ‖q‖₁ over T.
 
+The bias shares the accumulator. A layer whose bias is quantized on the accumulator
+scale (code b = round(bias/(s_in·s_w))) clips it, on every forward pass, to the codes
+that keep b + Σ x·q within P bits for every input of the N-bit format
+(:meth:`~A2QWeightQuantizer.bias_code_range`, exact per channel given the current codes
+q, :func:`hwquant.core.accumulator.bias_code_range`):
+
+    −2^(P−1) − min_x Σ x·q ≤ b ≤ 2^(P−1) − 1 − max_x Σ x·q
+
+(a range that always contains 0 within the weight budget). The weights keep their whole
+budget and gradient; the bias learns straight-through inside the range (its gradient
+stops where it is clipped, like any clipped quantizer) and the clip is what the
+integer executor adds to its P-bit register, so the guarantee covers the whole
+accumulator by construction. In the L1 form this is ‖q‖₁ ≤ T − |b|/2^(N−1_s) (A2Q) and
+‖q‖₁ ≤ T⁺ − 2|b|/(2^N − 1) (A2Q+), :func:`~hwquant.core.accumulator.l1_budget_with_bias`.
+A spec with ``bias_in_accumulator=False`` (bias applied after the accumulator, FINN
+thresholds) leaves the bias alone.
+
 The quantizer is a :class:`~hwquant.nn.Quantizer`: its scale is the per-channel s, its
 grid the weight format with round-toward-zero, and its input (what the export pass
 writes a ``Quant`` node for) the effective weight w — an ordinary QONNX ``Quant``
@@ -49,9 +66,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hwquant.core.accumulator import l1_budget, min_feasible_bits, project_l1_ball
+from hwquant.core.accumulator import (
+    bias_code_range,
+    l1_budget,
+    min_feasible_bits,
+    project_l1_ball,
+    worst_case_range,
+)
 from hwquant.core.scaling import EPS, check_finite
-from hwquant.nn.quantizer import Quantizer
+from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 from hwquant.spec.a2q import A2Q
 from hwquant.spec.formats import IntFormat
 
@@ -61,6 +84,7 @@ __all__ = [
     "BoundCheck",
     "a2q_layers",
     "a2q_penalty",
+    "accumulator_bias_codes",
     "check_bounds",
     "ep_init",
     "layer_label",
@@ -91,7 +115,10 @@ class A2QWeightQuantizer(Quantizer):
         owner: label of the owning layer, used in error messages.
 
     Attributes: ``accumulator_bits`` (P), ``input_format``, ``zero_centre``,
-    ``l1_bound`` (T or T⁺), ``norm_param`` (log2 g per channel).
+    ``l1_bound`` (T or T⁺), ``norm_param`` (log2 g per channel),
+    ``bias_in_accumulator`` (the layer's bias shares the P-bit register and is clipped
+    to fit, :meth:`clip_bias`), ``rows_are_outputs`` (each channel row feeds one output:
+    False for transposed convolutions, whose bias is then not clipped).
     """
 
     def __init__(
@@ -122,6 +149,8 @@ class A2QWeightQuantizer(Quantizer):
         self.input_format = input_format
         self.accumulator_bits = bits
         self.zero_centre = spec.zero_centre
+        self.bias_in_accumulator = spec.bias_in_accumulator
+        self.rows_are_outputs = True
         self.l1_bound = l1_budget(bits, n_in, signed, spec.zero_centre)
         self.axis = spec.granularity.axis % weight.dim()
         self.channels = int(weight.shape[self.axis])
@@ -135,7 +164,9 @@ class A2QWeightQuantizer(Quantizer):
         input quantizer (``layer.layer_spec.input``) or, if it has none, from
         ``spec.input_format``; neither is a ``ValueError`` naming the layer."""
         owner = layer_label(layer)
-        return cls(spec, layer.weight, _input_format(layer, spec, owner), owner=owner)
+        q = cls(spec, layer.weight, _input_format(layer, spec, owner), owner=owner)
+        q.rows_are_outputs = not isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        return q
 
     # ---------------------------------------------------------------- rows
     def _rows(self, v: Tensor) -> Tensor:
@@ -263,6 +294,33 @@ class A2QWeightQuantizer(Quantizer):
         self._set_state(s.squeeze(1), torch.minimum(rows.abs().sum(1), limit))
         return self._unrows(rows, v)
 
+    # ---------------------------------------------------------------- the bias
+    @torch.no_grad()
+    def bias_code_range(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Per channel, the bias codes [lo, hi] (int64 [C], accumulator scale) that keep
+        b + Σ x·q within the P-bit register for every input of the format, given the
+        current codes q of ``v`` (module docstring): lo = −2^(P−1) − min Σ x·q,
+        hi = 2^(P−1) − 1 − max Σ x·q."""
+        fmt = self.input_format
+        y_min, y_max = worst_case_range(self.codes(v), fmt.min_int, fmt.max_int)
+        return bias_code_range(y_min, y_max, self.accumulator_bits)
+
+    def clip_bias(self, bias: Tensor, acc_scale: Tensor, v: Tensor) -> Tensor:
+        """``bias`` (float, [C]) clipped to s_acc·[lo, hi] (:meth:`bias_code_range`), so
+        that its code on the accumulator scale ``acc_scale`` (s_in·s_w) fits beside the
+        weights ``v``. Unchanged when the bias is applied after the accumulator, when
+        this quantizer is disabled (float model, calibration) or when channel rows are
+        not outputs. Differentiable: straight-through inside the range; the bounds move
+        with the scale (lo, hi are constants of the current codes)."""
+        n = bias.numel()
+        if not self.bias_in_accumulator or not self.rows_are_outputs or n != self.channels:
+            return bias
+        if self._forward == self._forward_float:
+            return bias
+        lo, hi = self.bias_code_range(v)
+        s = acc_scale.reshape(-1)
+        return torch.clamp(bias, _inward(lo, bias.dtype) * s, _inward(hi, bias.dtype) * s)
+
     # ---------------------------------------------------------------- training aids
     def penalty(self) -> Tensor:
         """Σ_c ReLU(2^γ_c − T·s_c): keeps g from drifting above the clamp (A2Q)."""
@@ -278,12 +336,19 @@ class A2QWeightQuantizer(Quantizer):
         return torch.round(w / s).movedim(self.axis, 0).reshape(self.channels, -1)
 
     @torch.no_grad()
-    def check(self, v: Tensor) -> BoundCheck:
-        """Whether the codes of ``v`` respect the budget (see :class:`BoundCheck`)."""
+    def check(self, v: Tensor, bias_codes: Tensor | None = None) -> BoundCheck:
+        """Whether the codes of ``v`` respect the budget (see :class:`BoundCheck`), and,
+        given the layer's bias codes on the accumulator scale (``bias_codes`` [C]; only
+        counted when the bias is in the accumulator), whether b + Σ x·q fits P bits."""
         q = self.codes(v).double()
         pos = q.clamp(min=0).sum(1)
         neg = (-q).clamp(min=0).sum(1)
         ok = _within_budget(q, self.l1_bound, self.zero_centre)
+        bias_bad = 0
+        if bias_codes is not None and self.bias_in_accumulator and self.rows_are_outputs:
+            lo, hi = self.bias_code_range(v)
+            b = bias_codes.reshape(-1).long()
+            bias_bad = int(((b < lo) | (b > hi)).sum())
         return BoundCheck(
             owner=self.owner,
             accumulator_bits=self.accumulator_bits,
@@ -293,6 +358,7 @@ class A2QWeightQuantizer(Quantizer):
             half_max=float(torch.maximum(pos, neg).max()),
             violations=int((~ok).sum()),
             sparsity=float((q == 0).double().mean()),
+            bias_violations=bias_bad,
         )
 
     def extra_repr(self) -> str:
@@ -300,8 +366,20 @@ class A2QWeightQuantizer(Quantizer):
         return (
             f"{self.spec.format.name} {kind} P={self.accumulator_bits} "
             f"input={self.input_format.name} T={self.l1_bound:.4g}"
+            + ("" if self.bias_in_accumulator else " bias-after")
             + (" frozen" if bool(self.frozen) else "")
         )
+
+
+def _inward(bound: Tensor, dtype: torch.dtype) -> Tensor:
+    """Integer bounds in ``dtype``, moved toward 0 by a few ulps of their magnitude, so
+    that a bias clipped to s·bound and quantized (round(b/s)) in that precision, and
+    its code recovered from the float value in float64, never lands outside [lo, hi]
+    (exact, no move, below 2^20 codes in float32)."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    b = bound.double()
+    slack = torch.floor(b.abs() * (8 * eps))
+    return (b - torch.sign(b) * slack).to(dtype)
 
 
 def _within_budget(q: Tensor, bound: float, zero_centre: bool) -> Tensor:
@@ -342,7 +420,9 @@ def _input_format(layer: nn.Module, spec: A2Q, owner: str) -> IntFormat:
 @dataclass(frozen=True)
 class BoundCheck:
     """Budget check of one constrained layer: the largest ‖q‖₁ and sign half over its
-    channels, the budget T, and how many channels violate it (0 by construction)."""
+    channels, the budget T, how many channels violate it (0 by construction) and how
+    many overflow P bits once their bias code is added (``bias_violations``; 0 by
+    construction, and 0 when the bias is applied after the accumulator)."""
 
     owner: str
     accumulator_bits: int
@@ -352,10 +432,11 @@ class BoundCheck:
     half_max: float
     violations: int
     sparsity: float
+    bias_violations: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.violations == 0
+        return self.violations == 0 and self.bias_violations == 0
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"ok": self.ok}
@@ -368,6 +449,21 @@ def a2q_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, A2QWeightQuan
         q = getattr(m, "weight_quant", None)
         if isinstance(q, A2QWeightQuantizer):
             yield path, m, q
+
+
+@torch.no_grad()
+def accumulator_bias_codes(layer: nn.Module) -> Tensor | None:
+    """The integer bias codes b = round(b̂/(s_in·s_w)) (int64 [C]) of a layer whose bias
+    is quantized on the accumulator scale (an enabled :class:`BiasQuantizer`), b̂ the
+    layer's own ``quant_bias()`` (clipped for A2Q layers); None without such a bias."""
+    bq = getattr(layer, "bias_quant", None)
+    if getattr(layer, "bias", None) is None or not isinstance(bq, BiasQuantizer):
+        return None
+    if bq._forward != bq._forward_quant:
+        return None
+    s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
+    b = layer.quant_bias().detach().double()
+    return torch.round(b / s_acc.detach().double().reshape(-1)).long()
 
 
 def a2q_penalty(model: nn.Module) -> Tensor:
@@ -410,4 +506,7 @@ def check_bounds(model: nn.Module) -> dict[str, BoundCheck]:
     >>> {k: v.ok for k, v in check_bounds(m).items()}
     {'layers.0': True}
     """
-    return {path: q.check(layer.weight) for path, layer, q in a2q_layers(model)}
+    return {
+        path: q.check(layer.weight, accumulator_bias_codes(layer))
+        for path, layer, q in a2q_layers(model)
+    }

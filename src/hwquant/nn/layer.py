@@ -92,9 +92,16 @@ class QuantWeightLayer(QuantLayer):
     def _bias_own_scale(self) -> Tensor:
         return self.bias_quant(self.bias)
 
+    def accumulator_bias(self, s_acc: Tensor) -> Tensor:
+        """The float bias that goes onto the accumulator scale ``s_acc``: A2Q layers
+        clip it so that b + Σ x·q fits their P-bit accumulator."""
+        if isinstance(self.weight_quant, A2QWeightQuantizer):
+            return self.weight_quant.clip_bias(self.bias, s_acc, self.weight)
+        return self.bias
+
     def _bias_on_accumulator_scale(self) -> Tensor:
         s_acc = self.input_quant.scale() * self.weight_quant.scale_for(self.weight)
-        return self.bias_quant(self.bias, s_acc)
+        return self.bias_quant(self.accumulator_bias(s_acc), s_acc)
 
     @torch.no_grad()
     def reset_weight_scale(self) -> None:

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -42,12 +43,22 @@ from hwquant.core.scaling import (
     scale_zero_from_minmax,
     to_rows,
 )
+from hwquant.spec import serialize
 from hwquant.spec.formats import BipolarFormat
 from hwquant.spec.quant_spec import QuantSpec
 
-__all__ = ["BiasQuantizer", "Quantizer"]
+__all__ = ["CLIP_WARN_FRACTION", "BiasQuantizer", "ClippingWarning", "Quantizer"]
 
 MAX_OBSERVED = 1 << 20  # values kept per scale row while calibrating percentile / mse
+#: An unsigned activation quantizer warns when more of its input than this is negative.
+CLIP_WARN_FRACTION = 0.1
+
+
+class ClippingWarning(UserWarning):
+    """An unsigned quantizer's input is largely negative: those values all become 0.
+
+    Issued once per scale derivation (first batch or end of calibration), never per
+    call; the fraction is kept as ``Quantizer.clipped_fraction``."""
 
 
 class Quantizer(nn.Module):
@@ -101,6 +112,10 @@ class Quantizer(nn.Module):
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
         self.role = "activation"  # "weight" for quantizers made by for_weight
         self._observed: list[Tensor] = []
+        self._negatives = [0, 0]  # (count < 0, count) seen while calibrating, as tensors
+        #: Fraction of the input below an unsigned range (clipped to 0) when the scale
+        #: was last derived from data; None for signed / asymmetric / weight quantizers.
+        self.clipped_fraction: float | None = None
         self.register_load_state_dict_post_hook(_after_load)
         self._set_forward()
 
@@ -155,8 +170,38 @@ class Quantizer(nn.Module):
 
     def init_from(self, x: Tensor) -> None:
         """Set the scale (and zero point) from the statistics of ``x``."""
-        check_finite(x, f"input of quantizer {self.name or self.spec.describe()}")
+        self._check_data(x, "input")
+        if self._clips_negatives:
+            self._note_clipping(float((x.detach() < 0).sum()) / x.numel())
         self._store(*self._stats(x.detach()))
+
+    def _check_data(self, x: Tensor, what: str) -> None:
+        label = self.name or self.spec.describe()
+        if x.numel() == 0:
+            raise ValueError(
+                f"{what} of quantizer {label!r} is empty (shape {tuple(x.shape)}): "
+                "a scale needs at least one value"
+            )
+        check_finite(x, f"{what} of quantizer {label}")
+
+    @property
+    def _clips_negatives(self) -> bool:
+        """Unsigned activation grid without a zero point: negative inputs become 0."""
+        return (
+            self.role == "activation" and self.grid.lo >= 0 and self.spec.zero_point == "symmetric"
+        )
+
+    def _note_clipping(self, fraction: float) -> None:
+        self.clipped_fraction = fraction
+        if fraction > CLIP_WARN_FRACTION:
+            warnings.warn(
+                f"quantizer {self.name or self.spec.describe()!r} ({self.spec.format.name}, "
+                f"unsigned): {fraction:.0%} of its input values are negative and become 0; "
+                "use a signed format for this input (e.g. hwquant.spec.A4 / A8), or an "
+                "asymmetric zero point",
+                ClippingWarning,
+                stacklevel=3,
+            )
 
     @torch.no_grad()
     def _store(self, s: Tensor, z: Tensor | None) -> None:
@@ -202,6 +247,7 @@ class Quantizer(nn.Module):
     def calibrate(self) -> None:
         """Start collecting statistics: calls return their input unchanged."""
         self._observed = []
+        self._negatives = [0, 0]
         self._forward = self._forward_observe
 
     def finish_calibration(self) -> None:
@@ -210,6 +256,9 @@ class Quantizer(nn.Module):
             raise ValueError(f"quantizer {self.name!r} saw no data during calibration")
         rows = torch.cat(self._observed, dim=1)
         self._observed = []
+        if self._clips_negatives:
+            neg, total = self._negatives
+            self._note_clipping(float(neg) / float(total))
         self._store(*self._from_rows(rows))
 
     def disable(self) -> None:
@@ -247,7 +296,10 @@ class Quantizer(nn.Module):
         return self._forward_static(x)
 
     def _forward_observe(self, x: Tensor) -> Tensor:
-        check_finite(x, f"calibration data of quantizer {self.name or self.spec.describe()}")
+        self._check_data(x, "calibration data")
+        if self._clips_negatives:  # counted on the device: no sync per batch
+            self._negatives[0] = self._negatives[0] + (x.detach() < 0).sum()
+            self._negatives[1] += x.numel()
         rows = to_rows(x.detach().float(), self.spec.granularity)
         if self.spec.scale.method in ("percentile", "mse"):
             if rows.shape[1] > MAX_OBSERVED // 8:
@@ -270,11 +322,19 @@ class Quantizer(nn.Module):
     def _forward_float(self, x: Tensor) -> Tensor:
         return x
 
+    def get_extra_state(self) -> str:
+        return spec_state(self.spec)
+
+    def set_extra_state(self, state: str) -> None:
+        pass  # checked against this quantizer's spec before loading (check_spec_state)
+
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         # A float checkpoint carries no quantizer entries: keep this quantizer's
         # state (its layer re-derives weight scales) instead of reporting them missing.
         if any(k.startswith(prefix) for k in state_dict):
+            check_spec_state(self.spec, state_dict, prefix)
             super()._load_from_state_dict(state_dict, prefix, *args)
+            _forgive_missing_spec(prefix, args)
 
     def extra_repr(self) -> str:
         return self.spec.describe() + (" dynamic" if self.dynamic else "")
@@ -282,6 +342,35 @@ class Quantizer(nn.Module):
 
 def _after_load(module: Quantizer, incompatible_keys) -> None:
     module._set_forward()
+
+
+_SPEC_KEY = "_extra_state"  # torch's key for get_extra_state()
+
+
+def spec_state(spec: QuantSpec) -> str:
+    """A quantizer's spec as it rides along in state dicts (versioned JSON)."""
+    return serialize.dumps(spec)
+
+
+def check_spec_state(spec: QuantSpec, state_dict, prefix: str) -> None:
+    """Refuse a state dict whose quantizer at ``prefix`` was built from another spec:
+    its scales and codes would mean something else here."""
+    saved = state_dict.get(prefix + _SPEC_KEY)
+    if saved is None:
+        return  # float checkpoints and state dicts from before specs rode along
+    theirs = serialize.loads(saved) if isinstance(saved, str) else None
+    if theirs != spec:
+        got = theirs.describe() if isinstance(theirs, QuantSpec) else repr(saved)[:80]
+        raise ValueError(
+            f"quantizer {prefix.rstrip('.')!r} differs: the state dict holds {got}, "
+            f"this model's quantizer is {spec.describe()}"
+        )
+
+
+def _forgive_missing_spec(prefix: str, load_args: tuple) -> None:
+    missing_keys = load_args[2]  # (local_metadata, strict, missing_keys, unexpected, errors)
+    if prefix + _SPEC_KEY in missing_keys:
+        missing_keys.remove(prefix + _SPEC_KEY)
 
 
 class BiasQuantizer(nn.Module):
@@ -321,6 +410,17 @@ class BiasQuantizer(nn.Module):
 
     def enable(self) -> None:
         self._forward = self._forward_quant
+
+    def get_extra_state(self) -> str:
+        return spec_state(self.spec)
+
+    def set_extra_state(self, state: str) -> None:
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        check_spec_state(self.spec, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        _forgive_missing_spec(prefix, args)
 
     def extra_repr(self) -> str:
         return f"{self.spec.format.name} scale=input·weight"

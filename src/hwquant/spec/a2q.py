@@ -10,6 +10,12 @@ The input format (N and signedness) comes from the layer's input quantizer, or f
 ``input_format`` when the layer's input is quantized elsewhere (e.g. by the previous
 activation); a layer with neither is an error when it is built.
 
+The bias of the layer is added to the same accumulator, so the guarantee covers it:
+the layer clips its bias code to what fits beside the current weights
+(:meth:`hwquant.nn.a2q.A2QWeightQuantizer.bias_code_range`), unless the spec declares
+``bias_in_accumulator=False`` — the bias is applied after the accumulator (e.g. folded
+into FINN's thresholds) and is then neither clipped nor counted in the P-bit budget.
+
 Example:
     >>> spec = A2Q(IntFormat(4, narrow=True), accumulator_bits=12)
     >>> spec.describe()
@@ -19,6 +25,8 @@ Example:
     >>> from hwquant.spec.serialize import dumps, loads
     >>> loads(dumps(spec)) == spec
     True
+    >>> A2Q(accumulator_bits=12, bias_in_accumulator=False).short()
+    'INT8n/ch A2Q12 bias-after'
     >>> A2Q(accumulator_bits=12, rounding="half_even")
     Traceback (most recent call last):
     ...
@@ -55,6 +63,9 @@ class A2Q(QuantSpec):
     accumulator_bits: P, the signed accumulator width to guarantee (2–64).
     input_format: the N-bit integer format of the layer's input when the layer has
         no input quantizer of its own (``None``: read it from the layer).
+    bias_in_accumulator: the layer's bias is added in the P-bit accumulator (True, the
+        default: the guarantee covers b + Σ x·q, the bias code is clipped to fit), or
+        applied after it (False: e.g. FINN thresholds; only Σ x·q must fit).
 
     Defaults: 8-bit narrow signed weights, per output channel, scale learned in
     the log2 domain, round toward zero (required: rounding up could break the bound).
@@ -66,6 +77,7 @@ class A2Q(QuantSpec):
     rounding: str = "toward_zero"
     accumulator_bits: int = field(kw_only=True)
     input_format: IntFormat | None = field(default=None, kw_only=True)
+    bias_in_accumulator: bool = field(default=True, kw_only=True)
 
     #: A2Q+ (zero-centred channels, budget (2^P − 2)/(2^N − 1)) when True.
     zero_centre: ClassVar[bool] = False
@@ -101,13 +113,19 @@ class A2Q(QuantSpec):
         inp = self.input_format
         if inp is not None and not isinstance(inp, IntFormat):
             raise ValueError(f"{name}.input_format must be an IntFormat or None, got {inp!r}")
+        if not isinstance(self.bias_in_accumulator, bool):
+            raise ValueError(
+                f"{name}.bias_in_accumulator must be a bool, got {self.bias_in_accumulator!r}"
+            )
 
     def describe(self) -> str:
-        return f"{super().describe()} {type(self).__name__}(P={self.accumulator_bits})"
+        after = "" if self.bias_in_accumulator else ", bias after accumulator"
+        return f"{super().describe()} {type(self).__name__}(P={self.accumulator_bits}{after})"
 
     def short(self) -> str:
         tag = "A2Q+" if self.zero_centre else "A2Q"
-        return f"{super().short()} {tag}{self.accumulator_bits}"
+        after = "" if self.bias_in_accumulator else " bias-after"
+        return f"{super().short()} {tag}{self.accumulator_bits}{after}"
 
 
 @serializable

@@ -151,13 +151,27 @@ class MinifloatFormat(Format):
       value is lost.
     Without reserved codes: max = (2 - 2^-M) · 2^(2^E - 1 - bias).
 
-    ``saturating``: values beyond the range clamp to ±max; otherwise they become
-    inf (if the format has it) or nan.
+    ``saturating`` (the default): values beyond ±max — ±inf included — clamp to
+    ±max. Non-saturating (``saturating=False``, IEEE / ml_dtypes cast semantics):
+    a value whose rounding (with unbounded exponent) exceeds max becomes ±inf
+    when the format has inf, else nan (±inf inputs too); a format with neither
+    inf nor nan has no code for an overflow, so ``saturating=False`` is refused.
+    nan inputs stay nan either way.
+
+    The quantizer computes in float32, so every format must fit in it: the
+    largest value below 2^128 and the smallest normal 2^(1 − bias) at or above
+    2^−126 (then the smallest subnormal 2^(1 − bias − M) ≥ 2^−149 is a float32
+    too), i.e. bias ∈ [e_top − 127, 127] where e_top is the exponent code of
+    the largest finite value; and the largest value must be positive.
 
     >>> MinifloatFormat(4, 3).max_value
     480.0
     >>> MinifloatFormat(5, 2, has_inf=True, has_nan=True).max_value
     57344.0
+    >>> MinifloatFormat(4, 3, bias=1000)
+    Traceback (most recent call last):
+    ...
+    ValueError: MinifloatFormat.bias must be in [-112, 127] for E4M3 (the quantizer computes in float32: the largest value must stay below 2^128 and the smallest normal 2^(1-bias) at or above 2^-126), got 1000
     """
 
     kind: ClassVar[str] = "minifloat"
@@ -175,17 +189,48 @@ class MinifloatFormat(Format):
         _check_int("MinifloatFormat", "mantissa_bits", self.mantissa_bits, 0, 23)
         for name in ("has_subnormal", "has_inf", "has_nan", "nan_is_negative_zero", "saturating"):
             _check_bool("MinifloatFormat", name, getattr(self, name))
-        if self.bias is None:
-            object.__setattr__(self, "bias", 2 ** (self.exponent_bits - 1) - 1)
-        _check_int("MinifloatFormat", "bias", self.bias, -(2**10), 2**10)
         if self.has_inf and not self.has_nan:
             raise ValueError("MinifloatFormat.has_inf requires has_nan (IEEE-style special codes)")
         if self.nan_is_negative_zero and (self.has_inf or not self.has_nan):
             raise ValueError(
                 "MinifloatFormat.nan_is_negative_zero needs has_nan=True and has_inf=False"
             )
-        if self.max_code() is None:
-            raise ValueError(f"{self!r} reserves every code: no finite value is left")
+        if not self.saturating and not self.has_nan:
+            raise ValueError(
+                "MinifloatFormat.saturating=False needs has_inf or has_nan: without them "
+                "the format has no code for a value beyond its range (qonnx refuses it too)"
+            )
+        top = self.max_code()
+        if top is None or top == (0, 0):
+            raise ValueError(
+                f"MinifloatFormat E{self.exponent_bits}M{self.mantissa_bits} with these "
+                "reserved codes (has_inf / has_nan / has_subnormal) has no positive finite "
+                "value: use more exponent_bits or mantissa_bits, or reserve fewer codes"
+            )
+        self._check_bias(top[0])
+
+    def _check_bias(self, e_top: int) -> None:
+        """bias ∈ [e_top − 127, 127]: the range fits float32 (class docstring)."""
+        if self.bias is None:
+            object.__setattr__(self, "bias", 2 ** (self.exponent_bits - 1) - 1)
+        lo, hi = max(e_top, 1) - 127, 127
+        fits = (
+            "the quantizer computes in float32: the largest value must stay below 2^128 "
+            "and the smallest normal 2^(1-bias) at or above 2^-126"
+        )
+        em = f"E{self.exponent_bits}M{self.mantissa_bits}"
+        if isinstance(self.bias, bool) or not isinstance(self.bias, int):
+            raise ValueError(f"MinifloatFormat.bias must be an int, got {self.bias!r}")
+        if lo > hi:
+            raise ValueError(
+                f"MinifloatFormat.bias: no bias fits {em} with these reserved codes ({fits}); "
+                f"reserve the top exponent with has_inf=True or use fewer exponent_bits, "
+                f"got bias={self.bias}"
+            )
+        if not lo <= self.bias <= hi:
+            raise ValueError(
+                f"MinifloatFormat.bias must be in [{lo}, {hi}] for {em} ({fits}), got {self.bias}"
+            )
 
     @property
     def bits(self) -> int:
@@ -252,7 +297,8 @@ class MinifloatFormat(Format):
         default_bias = self.bias == 2 ** (self.exponent_bits - 1) - 1
         bias = "" if default_bias else f"b{self.bias}"
         sub = "" if self.has_subnormal else "_nosub"
-        return f"FP{self.bits}_E{self.exponent_bits}M{self.mantissa_bits}{suffix}{bias}{sub}"
+        sat = "" if self.saturating else "_nosat"
+        return f"FP{self.bits}_E{self.exponent_bits}M{self.mantissa_bits}{suffix}{bias}{sub}{sat}"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,10 +19,46 @@ from dataclasses import dataclass, field, replace
 from hwquant.spec.formats import IntFormat
 from hwquant.spec.quant_spec import QuantSpec, ScaleSpec
 
-__all__ = ["WEIGHT_LAYERS", "LayerSpec", "Recipe", "accumulator_bias"]
+__all__ = [
+    "WEIGHT_LAYERS",
+    "LayerSpec",
+    "Recipe",
+    "accumulator_bias",
+    "recipe_types",
+    "register_recipe_type",
+]
 
 #: torch module type names that carry weights (their LayerSpec needs ``weight``).
 WEIGHT_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d")
+
+# The torch.nn class names a ``Recipe.by_type`` key may use: those hwquant.nn has a
+# quantized twin for (``hwquant.nn.QUANT_TYPES``) and those ``Recipe.uniform`` names.
+# Kept by hand because spec/ sits below nn/ (it must not import the layers); a test
+# (tests/spec/test_validation.py) keeps it equal to QUANT_TYPES. New quantized layer
+# kinds add their name with ``register_recipe_type``.
+_RECIPE_TYPES: set[str] = {
+    *WEIGHT_LAYERS,
+    "ReLU",
+    "ReLU6",
+    "Hardtanh",
+    "Sigmoid",
+    "Tanh",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",  # no quantized twin yet; Recipe.uniform asks for it
+}
+
+
+def recipe_types() -> tuple[str, ...]:
+    """The module type names ``Recipe.by_type`` accepts, sorted."""
+    return tuple(sorted(_RECIPE_TYPES))
+
+
+def register_recipe_type(name: str) -> None:
+    """Allow ``name`` (a torch module class name) as a ``Recipe.by_type`` key."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"register_recipe_type: a class name is needed, got {name!r}")
+    _RECIPE_TYPES.add(name)
 
 
 def accumulator_bias(bits: int = 32) -> QuantSpec:
@@ -46,6 +83,10 @@ class LayerSpec:
     shared_input_scale: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.shared_input_scale, bool):
+            raise ValueError(
+                f"LayerSpec.shared_input_scale must be a bool, got {self.shared_input_scale!r}"
+            )
         for name in ("input", "weight", "bias", "output"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, QuantSpec):
@@ -84,6 +125,21 @@ def _pairs(
     return out
 
 
+def _type_pairs(m: Mapping | Iterable) -> tuple[tuple[str, LayerSpec | None], ...]:
+    """by_type entries: keys are class names (a class is taken by its name), known ones."""
+    items = m.items() if isinstance(m, Mapping) else m
+    named = [(k.__name__ if isinstance(k, type) else k, v) for k, v in items]
+    for k, _ in named:
+        if not isinstance(k, str) or k not in _RECIPE_TYPES:
+            close = difflib.get_close_matches(str(k), sorted(_RECIPE_TYPES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"Recipe.by_type: unknown module type {k!r}{hint} "
+                f"(known: {', '.join(recipe_types())})"
+            )
+    return _pairs(named)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Which LayerSpec each module gets.
@@ -102,8 +158,12 @@ class Recipe:
     unsigned_after_relu: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "by_type", _pairs(self.by_type))
+        object.__setattr__(self, "by_type", _type_pairs(self.by_type))
         object.__setattr__(self, "by_name", _pairs(self.by_name))
+        if not isinstance(self.unsigned_after_relu, bool):
+            raise ValueError(
+                f"Recipe.unsigned_after_relu must be a bool, got {self.unsigned_after_relu!r}"
+            )
         if self.default is not None and not isinstance(self.default, LayerSpec):
             raise ValueError(f"Recipe.default must be a LayerSpec, got {self.default!r}")
         if self.merge is not None and not isinstance(self.merge, LayerSpec):
@@ -141,6 +201,7 @@ class Recipe:
         also quantize their outputs. ``keep_float``: name patterns left in float.
         ``bias``: a QuantSpec, None (float), or "accumulator" (the default: 32-bit
         on the accumulator scale when inputs are quantized per tensor, else float)."""
+        _check_uniform_args(weights, activations, bias, activation_outputs, keep_float, by_name)
         if bias == "accumulator":
             per_tensor_in = activations is not None and activations.granularity.kind == "tensor"
             bias = (
@@ -155,7 +216,8 @@ class Recipe:
             out = LayerSpec(output=activations)
             for t in ("ReLU", "ReLU6", "Hardtanh", "Sigmoid", "Tanh"):
                 by_type[t] = out
-        names: dict[str, LayerSpec | None] = {p: None for p in keep_float}
+        keep = (keep_float,) if isinstance(keep_float, str) else keep_float
+        names: dict[str, LayerSpec | None] = {p: None for p in keep}
         names.update(by_name or {})
         merge = LayerSpec(input=activations) if activations is not None else None
         return cls(default=layer, by_type=_pairs(by_type), by_name=_pairs(names), merge=merge)
@@ -163,3 +225,23 @@ class Recipe:
     def with_default(self, **changes) -> Recipe:
         """A copy whose default LayerSpec has ``changes`` applied."""
         return replace(self, default=replace(self.default or LayerSpec(), **changes))
+
+
+def _check_uniform_args(weights, activations, bias, activation_outputs, keep_float, by_name):
+    def bad(name: str, want: str, got: object) -> ValueError:
+        return ValueError(f"Recipe.uniform: {name} must be {want}, got {got!r}")
+
+    if not isinstance(weights, QuantSpec):
+        raise bad("weights", "a QuantSpec (e.g. hwquant.spec.W4)", weights)
+    if activations is not None and not isinstance(activations, QuantSpec):
+        raise bad("activations", "a QuantSpec (e.g. hwquant.spec.A4U) or None", activations)
+    if bias is not None and bias != "accumulator" and not isinstance(bias, QuantSpec):
+        raise bad("bias", "a QuantSpec, None or 'accumulator'", bias)
+    if not isinstance(activation_outputs, bool):
+        raise bad("activation_outputs", "a bool", activation_outputs)
+    if not isinstance(keep_float, str) and (
+        not isinstance(keep_float, Iterable) or not all(isinstance(p, str) for p in keep_float)
+    ):
+        raise bad("keep_float", "name patterns (str)", keep_float)
+    if by_name is not None and not isinstance(by_name, Mapping):
+        raise bad("by_name", "a mapping of name pattern → LayerSpec or None", by_name)

@@ -32,6 +32,7 @@ from hwquant.spec.formats import (
 )
 
 __all__ = [
+    "A4",
     "A4U",
     "A8",
     "A8U",
@@ -65,8 +66,13 @@ ZERO_POINTS = ("symmetric", "asymmetric", "learned")
 
 
 def _one_of(owner: str, name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{owner}.{name} must be one of {sorted(allowed)}, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    """A real int or float (a bool is not a number here), finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -163,11 +169,13 @@ class ScaleSpec:
 
     def __post_init__(self) -> None:
         _one_of("ScaleSpec", "method", self.method, SCALE_METHODS)
-        if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"ScaleSpec.percentile must be in (0, 100], got {self.percentile}")
+        if not _is_number(self.percentile) or not 0.0 < self.percentile <= 100.0:
+            raise ValueError(
+                f"ScaleSpec.percentile must be a number in (0, 100], got {self.percentile!r}"
+            )
         if self.method == "fixed":
             v = self.value
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            if not (_is_number(v) and v > 0):
                 raise ValueError(
                     f"ScaleSpec.value must be a positive number for 'fixed', got {v!r}"
                 )
@@ -178,6 +186,10 @@ class ScaleSpec:
                 raise ValueError(f"ScaleSpec.{name} must be a bool, got {getattr(self, name)!r}")
         if self.learned and self.method in ("fixed", "accumulator"):
             raise ValueError(f"ScaleSpec.learned cannot be combined with method={self.method!r}")
+        if self.log2_domain and not self.learned:
+            raise ValueError(
+                "ScaleSpec.log2_domain is how a learned scale is trained: it needs learned=True"
+            )
 
 
 @dataclass(frozen=True)
@@ -209,8 +221,14 @@ class QuantSpec:
             raise ValueError(
                 f"QuantSpec.zero_point={self.zero_point!r} needs an IntFormat, got {self.format.name}"
             )
-        if isinstance(self.format, BipolarFormat) and self.zero_point != "symmetric":
-            raise ValueError("QuantSpec.zero_point must be 'symmetric' for bipolar formats")
+        bipolar = isinstance(self.format, BipolarFormat) or (
+            isinstance(self.format, IntFormat) and self.format.bits == 1 and self.format.signed
+        )
+        if bipolar and self.zero_point != "symmetric":
+            raise ValueError(
+                f"QuantSpec.zero_point must be 'symmetric' for bipolar formats (±1, as a "
+                f"signed 1-bit IntFormat is), got {self.zero_point!r}"
+            )
 
     def short(self) -> str:
         """Compact summary for tables, e.g. ``INT4n/ch`` or ``UINT4/t``."""
@@ -240,10 +258,12 @@ _LEARNED = ScaleSpec("max", learned=True)
 W8 = QuantSpec(IntFormat(8, narrow=True), per_channel(0), _LEARNED)
 W4 = QuantSpec(IntFormat(4, narrow=True), per_channel(0), _LEARNED)
 W2 = QuantSpec(IntFormat(2, narrow=True), per_channel(0), _LEARNED)
-#: Activations: unsigned (after ReLU) or signed, per tensor, learned scales.
+#: Activations: unsigned (after ReLU) or signed, per tensor, learned scales. With a signed
+#: spec, ``quantize`` makes the inputs the graph proves non-negative unsigned (a free bit).
 A8U = QuantSpec(IntFormat(8, signed=False), PER_TENSOR, ScaleSpec("percentile", learned=True))
 A4U = QuantSpec(IntFormat(4, signed=False), PER_TENSOR, ScaleSpec("percentile", learned=True))
 A8 = QuantSpec(IntFormat(8), PER_TENSOR, ScaleSpec("percentile", learned=True))
+A4 = QuantSpec(IntFormat(4), PER_TENSOR, ScaleSpec("percentile", learned=True))
 #: Minifloat presets (weights per channel, activations per tensor).
 W_FP8_E4M3 = QuantSpec(FP8_E4M3, per_channel(0), _LEARNED)
 A_FP8_E4M3 = QuantSpec(FP8_E4M3, PER_TENSOR, ScaleSpec("max", learned=True))

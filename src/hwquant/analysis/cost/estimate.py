@@ -150,8 +150,8 @@ def _layer_cost(rec: LayerRecord, target: Target) -> LayerCost:
         input_bits=A,
         out_bits=rec.out_bits,
         macs=rec.macs,
-        bops=F.bops(rec.MH * rec.n_pix, rec.MW, A, W, rec.pruned_fraction),
-        mac_bops=F.mac_bops(rec.macs, A, W, rec.pruned_fraction),
+        bops_qonnx=F.mac_bops(rec.macs, A, W, rec.pruned_fraction),
+        bops_psqs=F.bops(rec.MH * rec.n_pix, rec.MW, A, W, rec.pruned_fraction),
         pruned_fraction=rec.pruned_fraction,
         weight_memory_bits=rec.n_weights * W,
         activation_memory_bits=rec.input_elems * A,
@@ -223,7 +223,7 @@ def estimate(
     target = with_folding(target, folding, [r.name for r in records])
     layers = [_layer_cost(r, target) for r in records]
     slowest = max(layers, key=lambda lc: lc.cycles)
-    notes = sorted({n for lc in layers for n in lc.notes if n.startswith("float")})
+    notes = sorted({n for lc in layers for n in lc.notes if n.startswith(("float", "graph: "))})
     if target.toolchain == "hls4ml":
         notes.append(
             "hls4ml: folding given as reuse factor; LUT/BRAM from the FINN-R "
@@ -236,8 +236,8 @@ def estimate(
         target=target.to_dict(),
         layers=layers,
         macs=sum(lc.macs for lc in layers),
-        bops=sum(lc.bops for lc in layers),
-        mac_bops=sum(lc.mac_bops for lc in layers),
+        bops_qonnx=sum(lc.bops_qonnx for lc in layers),
+        bops_psqs=sum(lc.bops_psqs for lc in layers),
         weight_memory_bits=sum(lc.weight_memory_bits for lc in layers),
         activation_memory_bits=sum(lc.activation_memory_bits for lc in layers),
         luts=sum(lc.luts for lc in layers),

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from hwquant.analysis.cost.records import LayerRecord, integer_grid
-from hwquant.api import load_checkpoint
+from hwquant.checkpoint import load_checkpoint
 from hwquant.spec.formats import Format
 
 __all__ = ["WEIGHT_LAYER_TYPES", "load_checkpoint", "records_from_module"]

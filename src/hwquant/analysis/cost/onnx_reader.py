@@ -8,8 +8,19 @@ from its input through layout ops (Reshape, Flatten, Transpose, MaxPool, Relu, �
 its threshold width is the first quantizer found walking forward from its output
 through those and per-channel arithmetic (bias Add, Mul, BatchNormalization).
 
-Shapes come from ONNX shape inference on a copy in which every QONNX node is an
-``Identity`` (all of them keep their input's shape), so qonnx is not needed here.
+Graphs written by other tools (Brevitas' TorchScript and dynamo exports, qonnx,
+FINN) are first prepared on a copy with qonnx's own passes, when qonnx is installed:
+a symbolic batch dimension is fixed to 1 (``ChangeBatchSize``), then
+``InferShapes`` → ``FoldConstants`` (quantizers kept) → ``RemoveStaticGraphInputs``
+→ ``InferShapes``. This folds e.g. the ``Shape → Gather → Concat → Reshape`` chain of
+``x.view(x.shape[0], -1)``, which otherwise leaves every later tensor without a
+static shape. The renaming passes of ``qonnx.util.cleanup`` are left out so layer
+names stay the exporter's. Shapes are then read from ONNX shape inference on a copy
+in which every QONNX node is an ``Identity`` (all of them keep their input's shape).
+
+FINN-style graphs carry no quantizer on a tensor but a ``finn_datatype``
+quantization annotation (``INT2``, ``UINT4``, ``BIPOLAR``…) and ``MultiThreshold``
+activations (``out_dtype``); both are read where no quantizer node is found.
 onnx is imported lazily (``import hwquant`` must not import it).
 """
 
@@ -23,11 +34,28 @@ from typing import Any
 import numpy as np
 
 from hwquant.analysis.cost.records import LayerRecord
-from hwquant.spec.formats import BipolarFormat, Format, IntFormat, MinifloatFormat
+from hwquant.spec.formats import (
+    BipolarFormat,
+    Format,
+    IntFormat,
+    MinifloatFormat,
+    TernaryFormat,
+)
 
-__all__ = ["QONNX_QUANT_OPS", "records_from_onnx"]
+__all__ = [
+    "QONNX_QUANT_OPS",
+    "OnnxGraph",
+    "datatype_format",
+    "input_quantizer",
+    "load_graph",
+    "prepare_with_qonnx",
+    "read_weight",
+    "records_from_onnx",
+    "weight_layers",
+    "weight_quantizer",
+]
 
-QONNX_QUANT_OPS = ("Quant", "IntQuant", "BipolarQuant", "FloatQuant", "Trunc")
+QONNX_QUANT_OPS = ("Quant", "IntQuant", "BipolarQuant", "FloatQuant", "Trunc", "MultiThreshold")
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: ops that move or select quantized values without changing their grid
 _LAYOUT_OPS = {
@@ -45,6 +73,10 @@ _LAYOUT_OPS = {
     "Gather",
     "Split",
     "GlobalMaxPool",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Resize",  # nearest-neighbour only (checked in _passes_grid)
+    "Upsample",
 }
 #: ops between a MAC and the activation quantizer FINN folds into thresholds
 _TO_THRESHOLD_OPS = _LAYOUT_OPS | {
@@ -83,8 +115,8 @@ def _onnx() -> Any:
     return onnx
 
 
-class _Graph:
-    """Index of a graph: constants, producers, consumers, shapes."""
+class OnnxGraph:
+    """Index of a graph: constants, producers, consumers, shapes, FINN datatypes."""
 
     def __init__(self, proto: Any) -> None:
         onnx = _onnx()
@@ -108,6 +140,13 @@ class _Graph:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.shapes = _infer_shapes(proto)
+        self.datatypes = {
+            a.tensor_name: kv.value
+            for a in g.quantization_annotation
+            for kv in a.quant_parameter_tensor_names
+            if kv.key == "finn_datatype"
+        }
+        self.notes: list[str] = []
 
     def attr(self, node: Any, name: str, default: Any = None) -> Any:
         from onnx import helper
@@ -164,11 +203,35 @@ def _infer_shapes(proto: Any) -> dict[str, tuple[int, ...]]:
 
 
 # --------------------------------------------------------------------------- quantizers
-def _quant_format(g: _Graph, node: Any) -> Format:
-    """The number format a QONNX quantizer node produces."""
+def datatype_format(name: str | None) -> Format | None:
+    """The format of a qonnx ``DataType`` name (``INT4``, ``UINT2``, ``BIPOLAR``,
+    ``BINARY``, ``TERNARY``); None for floats, scaled and fixed-point types.
+
+    >>> datatype_format("INT4").name, datatype_format("BIPOLAR").name, datatype_format("FLOAT32")
+    ('INT4', 'BIPOLAR', None)
+    """
+    if not name:
+        return None
+    if name == "BIPOLAR":
+        return BipolarFormat()
+    if name == "BINARY":
+        return IntFormat(1, signed=False)
+    if name == "TERNARY":
+        return TernaryFormat()
+    for prefix, signed in (("UINT", False), ("INT", True)):
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
+            return IntFormat(int(name[len(prefix) :]), signed=signed)
+    return None
+
+
+def _quant_format(g: OnnxGraph, node: Any) -> Format | None:
+    """The number format a QONNX quantizer node produces (None: not an integer-like
+    grid hwquant models, e.g. a MultiThreshold with a float output type)."""
     op = node.op_type
     if op == "BipolarQuant":
         return BipolarFormat()
+    if op == "MultiThreshold":
+        return datatype_format(g.attr(node, "out_dtype", ""))
     if op == "FloatQuant":
         e = int(g.const(node.input[2]).item())
         m = int(g.const(node.input[3]).item())
@@ -192,7 +255,7 @@ def _quant_format(g: _Graph, node: Any) -> Format:
     return IntFormat(b, signed=signed, narrow=narrow and b > 1)
 
 
-def _integer_weights(g: _Graph, node: Any, fmt: Format) -> np.ndarray | None:
+def _integer_weights(g: OnnxGraph, node: Any, fmt: Format) -> np.ndarray | None:
     """Integer codes of a quantized constant weight (Quant / BipolarQuant)."""
     x = g.const(node.input[0])
     if node.op_type == "BipolarQuant":
@@ -207,12 +270,12 @@ def _integer_weights(g: _Graph, node: Any, fmt: Format) -> np.ndarray | None:
     return rnd(v) - z
 
 
-def _weight(g: _Graph, name: str) -> tuple[np.ndarray, Format | None, np.ndarray | None] | None:
+def _weight(g: OnnxGraph, name: str) -> tuple[np.ndarray, Format | None, np.ndarray | None] | None:
     """(values, format or None for float, integer codes or None) of a weight tensor, or
     None when ``name`` is not a constant (possibly quantized, possibly transposed) tensor."""
     x = g.const(name)
     if x is not None:
-        return x, None, None
+        return x, *_annotated_weight(g, name, x)
     node = g.producer.get(name)
     if node is not None and node.op_type in ("Identity", "Transpose"):
         inner = _weight(g, node.input[0])
@@ -230,8 +293,60 @@ def _weight(g: _Graph, name: str) -> tuple[np.ndarray, Format | None, np.ndarray
     return x, fmt, _integer_weights(g, node, fmt)
 
 
-def _walk(g: _Graph, name: str, through: set[str], forward: bool) -> Format | None:
-    """The format of the first quantizer reached from tensor ``name``."""
+def read_weight(
+    g: OnnxGraph, name: str
+) -> tuple[np.ndarray, Format | None, np.ndarray | None] | None:
+    """(float values, format or None, integer codes or None) of a constant tensor,
+    possibly quantized and transposed; None when ``name`` is not constant."""
+    return _weight(g, name)
+
+
+def _annotated_weight(
+    g: OnnxGraph, name: str, x: np.ndarray
+) -> tuple[Format | None, np.ndarray | None]:
+    """(format, codes) of a constant FINN-style weight: annotated with an integer
+    ``finn_datatype`` and holding integers (FINN moves the scale into a Mul); else
+    (None, None), a float weight."""
+    fmt = datatype_format(g.datatypes.get(name))
+    if fmt is None or not np.array_equal(x, np.round(x)):
+        return None, None
+    return fmt, x
+
+
+def _passes_grid(g: OnnxGraph, node: Any) -> bool:
+    """Resize / Upsample keep the grid only in nearest-neighbour mode."""
+    if node.op_type in ("Resize", "Upsample"):
+        return g.attr(node, "mode", "nearest") == "nearest"
+    return True
+
+
+def input_quantizer(g: OnnxGraph, name: str) -> Any | None:
+    """The quantizer node that produced tensor ``name`` (walking back through layout
+    ops), or None (float, or a FINN annotation without a quantizer node)."""
+    while True:
+        n = g.producer.get(name)
+        if n is None:
+            return None
+        if n.op_type in QONNX_QUANT_OPS:
+            return n
+        if n.op_type not in _LAYOUT_OPS or not _passes_grid(g, n) or not n.input:
+            return None
+        name = n.input[0]
+
+
+def weight_quantizer(g: OnnxGraph, name: str) -> Any | None:
+    """The Quant / BipolarQuant node of a constant weight (through Identity /
+    Transpose), or None."""
+    n = g.producer.get(name)
+    while n is not None and n.op_type in ("Identity", "Transpose"):
+        n = g.producer.get(n.input[0])
+    ok = n is not None and n.op_type in ("Quant", "IntQuant", "BipolarQuant")
+    return n if ok and g.const(n.input[0]) is not None else None
+
+
+def _walk(g: OnnxGraph, name: str, through: set[str], forward: bool) -> Format | None:
+    """The format of the first quantizer reached from tensor ``name``; walking back,
+    a ``finn_datatype`` annotation on the way counts as a quantizer (FINN graphs)."""
     seen: set[str] = set()
     todo = [name]
     while todo:
@@ -239,19 +354,21 @@ def _walk(g: _Graph, name: str, through: set[str], forward: bool) -> Format | No
         if t in seen:
             continue
         seen.add(t)
+        if not forward and datatype_format(g.datatypes.get(t)) is not None:
+            return datatype_format(g.datatypes[t])
         nodes = g.consumers.get(t, []) if forward else [g.producer.get(t)]
         for n in nodes:
             if n is None:
                 continue
             if n.op_type in QONNX_QUANT_OPS and (not forward or n.input[0] == t):
                 return _quant_format(g, n)
-            if n.op_type in through:
+            if n.op_type in through and _passes_grid(g, n):
                 todo.extend(n.output if forward else [i for i in n.input[:1] if i])
     return None
 
 
 # --------------------------------------------------------------------------- layers
-def _geometry(g: _Graph, node: Any, w_shape: tuple[int, ...]) -> dict:
+def _geometry(g: OnnxGraph, node: Any, w_shape: tuple[int, ...]) -> dict:
     op = node.op_type
     out_shape = g.shape(node.output[0])
     in_shape = g.shape(node.input[0])
@@ -288,7 +405,7 @@ def _geometry(g: _Graph, node: Any, w_shape: tuple[int, ...]) -> dict:
     }
 
 
-def _layer_rows(g: _Graph, node: Any, q: np.ndarray) -> np.ndarray:
+def _layer_rows(g: OnnxGraph, node: Any, q: np.ndarray) -> np.ndarray:
     """[C_out, K] rows of integer weights, one per output."""
     op = node.op_type
     if op == "Conv":
@@ -308,7 +425,7 @@ def _layer_rows(g: _Graph, node: Any, q: np.ndarray) -> np.ndarray:
     return q if trans_b else q.T
 
 
-def _mac_nodes(g: _Graph) -> Iterator[tuple[Any, str]]:
+def _mac_nodes(g: OnnxGraph) -> Iterator[tuple[Any, str]]:
     """(node, weight tensor name) of every MAC node with a constant weight operand."""
     for n in g.nodes:
         if n.op_type not in MAC_OPS:
@@ -331,7 +448,7 @@ def _layer_name(node: Any, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
-def _record(g: _Graph, node: Any, w_name: str, index: int) -> LayerRecord:
+def _record(g: OnnxGraph, node: Any, w_name: str, index: int) -> LayerRecord:
     values, wfmt, q = _weight(g, w_name)
     geo = _geometry(g, node, tuple(values.shape))
     in_shape, out_shape = g.shape(node.input[0]), g.shape(node.output[0])
@@ -359,36 +476,100 @@ def _record(g: _Graph, node: Any, w_name: str, index: int) -> LayerRecord:
     )
 
 
+def prepare_with_qonnx(proto: Any) -> tuple[Any, list[str]]:
+    """A cleaned copy of ``proto`` (see the module docstring) and notes on what was
+    done. Without qonnx, or when its passes fail on the graph, the graph is read as
+    it is (with a note)."""
+    onnx = _onnx()
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    try:
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.transformation.change_batchsize import ChangeBatchSize
+        from qonnx.transformation.fold_constants import FoldConstants
+        from qonnx.transformation.general import RemoveStaticGraphInputs
+        from qonnx.transformation.infer_shapes import InferShapes
+    except ImportError:  # pragma: no cover - qonnx ships with the 'export' extra
+        return work, []
+    notes = []
+    try:
+        m = ModelWrapper(work)
+        if _symbolic_batch(m.model):
+            m = m.transform(ChangeBatchSize(1))
+            notes.append("symbolic batch dimension set to 1")
+        for t in (
+            InferShapes(),
+            FoldConstants(exclude_op_types=list(QONNX_QUANT_OPS)),
+            RemoveStaticGraphInputs(),
+            InferShapes(),
+        ):
+            m = m.transform(t)
+    except Exception as e:
+        notes.append(f"qonnx cleanup failed ({type(e).__name__}: {e}); graph read as is")
+        fallback = onnx.ModelProto()
+        fallback.CopyFrom(proto)
+        return fallback, notes
+    return m.model, notes
+
+
+def _symbolic_batch(proto: Any) -> bool:
+    inits = {t.name for t in proto.graph.initializer}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            return True
+    return False
+
+
+def load_graph(model: Any) -> tuple[OnnxGraph, str]:
+    """(prepared graph, source label) of a path or an ``onnx.ModelProto``."""
+    onnx = _onnx()
+    label = _label(model)
+    if isinstance(model, str | Path):
+        try:
+            model = onnx.load(str(model))
+        except Exception as e:
+            raise ValueError(f"cannot read {label} as ONNX: {e}") from None
+    proto, notes = prepare_with_qonnx(model)
+    g = OnnxGraph(proto)
+    g.notes.extend(notes)
+    return g, label
+
+
+def weight_layers(g: OnnxGraph, label: str = "the ONNX model") -> list[tuple[Any, LayerRecord]]:
+    """(MAC node, LayerRecord) of every weight layer of a prepared graph; raises
+    ValueError as :func:`records_from_onnx` does."""
+    macs = list(_mac_nodes(g))
+    if not macs:
+        raise ValueError(
+            f"{label} has no Conv / ConvTranspose / Gemm / MatMul layer with constant weights"
+        )
+    layers = [(n, _record(g, n, w, i)) for i, (n, w) in enumerate(macs)]
+    if all(r.weight_format is None and r.input_format is None for _, r in layers):
+        raise ValueError(
+            f"{label} is not a quantized (QONNX) graph: none of its {len(layers)} "
+            "Conv/Gemm/MatMul layers has a Quant / BipolarQuant / FloatQuant node (or a "
+            "FINN datatype annotation) on its weights or inputs (QCDQ graphs are not read; "
+            "export with hwquant.export.to_qonnx)"
+        )
+    for _, r in layers:
+        r.notes.extend(f"graph: {n}" for n in g.notes)
+    return layers
+
+
 def records_from_onnx(model: Any) -> list[LayerRecord]:
-    """LayerRecords of a QONNX graph (a path or an ``onnx.ModelProto``).
+    """LayerRecords of a QONNX graph (a path or an ``onnx.ModelProto``), read after
+    :func:`prepare_with_qonnx`.
 
     MatMuls between two activations (no constant operand) are not weight layers and
     are left out. Raises ValueError when the file is not ONNX, has no Conv / Gemm /
     MatMul with a constant weight, or is not quantized (no QONNX quantizer on any
     layer's weights or inputs).
     """
-    onnx = _onnx()
-    source = model
-    if isinstance(model, str | Path):
-        try:
-            model = onnx.load(str(model))
-        except Exception as e:
-            raise ValueError(f"cannot read {source} as ONNX: {e}") from None
-    g = _Graph(model)
-    macs = list(_mac_nodes(g))
-    if not macs:
-        raise ValueError(
-            f"{_label(source)} has no Conv / ConvTranspose / Gemm / MatMul "
-            "layer with constant weights"
-        )
-    records = [_record(g, n, w, i) for i, (n, w) in enumerate(macs)]
-    if all(r.weight_format is None and r.input_format is None for r in records):
-        raise ValueError(
-            f"{_label(source)} is not a quantized (QONNX) graph: none of its {len(records)} "
-            "Conv/Gemm/MatMul layers has a Quant / BipolarQuant / FloatQuant node on its "
-            "weights or inputs (QCDQ graphs are not read; export with hwquant.export.to_qonnx)"
-        )
-    return records
+    g, label = load_graph(model)
+    return [r for _, r in weight_layers(g, label)]
 
 
 def _label(source: Any) -> str:

@@ -33,7 +33,18 @@ class AccumulatorWidths:
 
 @dataclass
 class LayerCost:
-    """Cost of one weight layer (per frame)."""
+    """Cost of one weight layer (per frame).
+
+    Two bit-operation counts, each named for its definition (they differ by the
+    accumulator additions, so third-party tools that quote one are comparable only
+    with that one):
+
+    - ``bops_qonnx``: qonnx's ``inference_cost`` convention, (1 − f_p)·b_a·b_w·MACs
+      (f_p the fraction of zero weights; equals ``inference_cost``'s ``total_bops``
+      with its default ``discount_sparsity=True``);
+    - ``bops_psqs``: Hawks et al. 2021 ("Ps and Qs", REFERENCE.md §6),
+      m·n·((1 − f_p)·b_a·b_w + b_a + b_w + log2 n).
+    """
 
     name: str
     op: str
@@ -47,8 +58,8 @@ class LayerCost:
     input_bits: int
     out_bits: int | None
     macs: int
-    bops: float
-    mac_bops: float
+    bops_qonnx: float
+    bops_psqs: float
     pruned_fraction: float
     weight_memory_bits: int
     activation_memory_bits: int
@@ -71,6 +82,16 @@ class LayerCost:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def bops(self) -> float:
+        """Old name of :attr:`bops_psqs` (the Ps-and-Qs formula)."""
+        return self.bops_psqs
+
+    @property
+    def mac_bops(self) -> float:
+        """Old name of :attr:`bops_qonnx` (qonnx's b_a·b_w·MACs)."""
+        return self.bops_qonnx
+
 
 @dataclass
 class ResourceFit:
@@ -92,7 +113,8 @@ class ResourceFit:
 
 @dataclass
 class CostReport:
-    """Per-layer costs, totals and whether the design fits its target.
+    """Per-layer costs, totals and whether the design fits its target
+    (``bops_qonnx`` / ``bops_psqs``: the two BOPs definitions, see :class:`LayerCost`).
 
     ``cycles_per_frame`` is the dataflow initiation interval (the slowest layer);
     ``latency_cycles`` adds the layers up (no overlap, an upper bound).
@@ -102,8 +124,8 @@ class CostReport:
     target: dict
     layers: list[LayerCost]
     macs: int
-    bops: float
-    mac_bops: float
+    bops_qonnx: float
+    bops_psqs: float
     weight_memory_bits: int
     activation_memory_bits: int
     luts: int
@@ -131,6 +153,16 @@ class CostReport:
             for r in self.resources
             if not r.fits
         ]
+
+    @property
+    def bops(self) -> float:
+        """Old name of :attr:`bops_psqs` (the Ps-and-Qs formula)."""
+        return self.bops_psqs
+
+    @property
+    def mac_bops(self) -> float:
+        """Old name of :attr:`bops_qonnx` (qonnx's b_a·b_w·MACs)."""
+        return self.bops_qonnx
 
     def layer(self, name: str) -> LayerCost:
         for lc in self.layers:
