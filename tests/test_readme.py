@@ -23,4 +23,6 @@ def test_readme_snippets_run_as_written(tmp_path, monkeypatch, capsys):
         except Exception as e:
             raise AssertionError(f"README python block {i + 1} fails: {e!r}\n{block}") from e
     assert namespace["result"].test_accuracy > 0.9  # the quickstart's claim (≈ 0.99)
+    hls = namespace["report"]["hls4ml"]
+    assert hls.ran and hls.passed and hls.mismatched == 0  # the README's hls4ml flow runs
     assert (tmp_path / "digits.pt").exists() and (tmp_path / "model.onnx").exists()

@@ -65,7 +65,7 @@ def main() -> None:
         )
         print(
             f"{label}: accuracy {acc:.4f}, {report.luts:,} LUT, {report.dsps} DSP, "
-            f"{report.bram18} BRAM18, {report.bops / 1e6:.2f} MBOPs, fits={report.fits}"
+            f"{report.bram18} BRAM18, {report.bops_psqs / 1e6:.2f} MBOPs (Ps-and-Qs), fits={report.fits}"
         )
         if (w, a) in REPORTED:
             stem = f"digits_w{w}a{a}"

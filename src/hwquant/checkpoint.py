@@ -171,8 +171,8 @@ def _read(path: str | os.PathLike) -> dict[str, Any]:
     try:
         entry = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # not objects by reference: not a model file
-            raise ValueError(f"cannot load checkpoint {path}: {_first_line(e)}") from None
+        if "Unsupported global" not in str(e):  # no objects by reference: just not a model file
+            raise ValueError(f"cannot load checkpoint {path}: not a hwquant model file") from None
         raise ValueError(
             f"{path} holds pickled Python objects, which hwquant never loads (they can run "
             "code); save the model with hwquant.save_checkpoint"

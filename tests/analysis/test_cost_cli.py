@@ -93,6 +93,25 @@ def test_pareto_front(tmp_path):
         {"luts": 9, "accuracy": 0.9},
     ]
     assert pareto_front(pts, "luts") == [1, 2]
+    # an over-budget design (590 DSPs on a 220-DSP part) cannot be on the front
+    over = [*pts, {"luts": 4, "accuracy": 0.99, "fits": False}]
+    assert pareto_front(over, "luts") == [1, 2]
     with pytest.raises(ValueError, match="no 'bops' field"):
         pareto_front(pts, "bops")
     assert plot_pareto(pts, tmp_path / "p.png").read_bytes()[:4] == PNG
+
+
+def test_input_shape_takes_the_batch_first(checkpoint, tmp_path, capsys):
+    """One convention in every command: the batch dimension first."""
+    from hwquant.export.zoo import build
+
+    assert main(["cost", str(checkpoint), "--input-shape", "4,16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs"] == 16 * 8 + 8 * 4  # per frame
+    assert main(["cost", str(checkpoint), "--input-shape", "16"]) == 2
+    assert "give the batch first, e.g. 1,16" in capsys.readouterr().err
+    model, shape = build("cnn")
+    cnn = tmp_path / "cnn.pt"
+    save_checkpoint(model, cnn, (1, *shape))
+    assert main(["cost", str(cnn), "--input-shape", "3,8,8"]) == 2
+    err = capsys.readouterr().err
+    assert "without its batch dimension" in err and "(1, 3, 8, 8)" in err

@@ -1,6 +1,10 @@
 """``hwquant export`` and ``hwquant verify``."""
 
 import json
+import os
+import stat
+
+import torch
 
 from hwquant.checkpoint import save_checkpoint
 from hwquant.cli.main import main
@@ -35,11 +39,35 @@ def test_checkpoint_without_shape_needs_an_input_shape(tmp_path, capsys):
     save_checkpoint(model, ckpt)
     assert main(["export", str(ckpt)]) == 2
     assert "--input-shape" in capsys.readouterr().err
-    assert main(["export", str(ckpt), "--input-shape", "16"]) == 0
+    # --input-shape takes the batch first, as in every command and save_checkpoint
+    assert main(["export", str(ckpt), "--input-shape", "1,16"]) == 0
     assert (tmp_path / "mlp.qonnx.onnx").exists()
-    assert main(["export", str(ckpt), "--input-shape", "15", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert main(["export", str(ckpt), "--input-shape", "16", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "no batch dimension: give the batch first, e.g. 1,16" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--input-shape", "1,15", "-o", str(tmp_path / "x.onnx")]) == 2
     assert "does not fit the model" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_batch_replaces_the_shapes_first_dimension(tmp_path, capsys):
+    import onnx
+
+    model, shape = build("mlp")
+    ckpt = tmp_path / "mlp.pt"
+    save_checkpoint(model, str(ckpt), (1, *shape))
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "-o", str(out), "--input-shape", "2,16"]) == 0
+    assert "input (2, 16)" in capsys.readouterr().out
+    assert main(["export", str(ckpt), "-o", str(out), "--input-shape", "2,16", "--batch", "3"]) == 0
+    dims = onnx.load(out).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [3, 16]
+    assert main(["export", str(ckpt), "-o", str(out), "--input-shape", "3,16,1"]) == 2
+    assert "does not fit the model" in capsys.readouterr().err
+    # the stored shape without its batch is the other convention: named as such
+    cnn, cshape = build("cnn")
+    save_checkpoint(cnn, str(tmp_path / "cnn.pt"), (1, *cshape))
+    assert main(["export", str(tmp_path / "cnn.pt"), "--input-shape", "3,8,8"]) == 2
+    assert "takes the batch first: 1,3,8,8" in capsys.readouterr().err
 
 
 def test_verify_reports_failure(tmp_path, capsys):
@@ -53,3 +81,67 @@ def test_verify_reports_failure(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "other.pt"), str(out), "--backends", "qonnx"]) == 1
     assert "FAIL" in capsys.readouterr().out
     assert main(["verify", str(ckpt), str(tmp_path / "none.onnx")]) == 2
+
+
+def test_export_file_mode_follows_the_umask_and_partials_are_cleaned(tmp_path, capsys):
+    model, shape = build("mlp")
+    ckpt = tmp_path / "mlp.pt"
+    save_checkpoint(model, str(ckpt), (1, *shape))
+    out = tmp_path / "m.onnx"
+    dead = tmp_path / "m.onnx.partial-999999999"  # left by a killed export (no such pid)
+    alive = tmp_path / "m.onnx.partial-1"  # pid 1 runs: maybe an export in progress
+    dead.write_bytes(b"half")
+    alive.write_bytes(b"half")
+    old = os.umask(0o027)
+    try:
+        assert main(["export", str(ckpt), "-o", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # 0666 & ~umask, as open() gives
+    assert not dead.exists() and alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", alive.name, "mlp.pt"]
+
+
+def _count_qonnx_calls(monkeypatch) -> list[int]:
+    import qonnx.core.onnx_exec as ox
+
+    calls = [0]
+    real = ox.execute_onnx
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(ox, "execute_onnx", counted)
+    return calls
+
+
+def test_verify_runs_a_batch_1_graph_in_chunks(tmp_path, capsys, monkeypatch):
+    """qonnx's cost is per call: a fixed-batch graph runs re-batched, not per sample."""
+    model, shape = build("cnn")
+    ckpt = tmp_path / "cnn.pt"
+    save_checkpoint(model, str(ckpt), (1, *shape))
+    out = tmp_path / "cnn.onnx"
+    assert main(["export", str(ckpt), "-o", str(out)]) == 0  # batch 1 baked in
+    calls = _count_qonnx_calls(monkeypatch)
+    assert main(["verify", str(ckpt), str(out), "-n", "300", "--backends", "qonnx"]) == 0
+    assert "pass" in capsys.readouterr().out
+    assert calls[0] <= 5  # the check of the re-batched copy, then 2 chunks (not 300 calls)
+
+
+def test_verify_fixed_batch_fallback_and_padding(tmp_path, monkeypatch):
+    import sys
+
+    from hwquant.export import to_qcdq, to_qonnx, verify
+
+    V = sys.modules["hwquant.export.verify"]
+    model, shape = build("mlp")
+    path = to_qonnx(model, torch.zeros(4, *shape), tmp_path / "b4.onnx")
+    x = torch.randn(10, *shape)  # not a multiple of 4: the last chunk is padded
+    assert verify(model, path, x, backends=("qonnx",)).passed
+    qcdq = to_qcdq(model, torch.zeros(4, *shape), tmp_path / "b4.qcdq.onnx")
+    assert verify(model, qcdq, x, backends=("qonnx", "onnxruntime")).passed
+    monkeypatch.setattr(V, "_rebatched", lambda *a: None)  # a graph that cannot be re-batched
+    calls = _count_qonnx_calls(monkeypatch)
+    assert verify(model, path, x, backends=("qonnx",)).passed
+    assert calls[0] == 3  # chunks of its own batch

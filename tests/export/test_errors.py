@@ -133,7 +133,7 @@ def test_verify_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown backend"):
         verify(model, path, x, backends=("tensorrt",))
     r = verify(model, path, torch.randn(15, *shape), backends=("qonnx",))
-    assert not r.passed and "fixed batch of 10" in r["qonnx"].note
+    assert r.passed  # a fixed-batch graph runs any number of inputs (re-batched / chunked)
 
 
 class _Branch(nn.Module):

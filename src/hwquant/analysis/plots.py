@@ -71,12 +71,19 @@ def plot_cost(report: CostReport | Mapping, path: str | Path, title: str | None 
 
 def pareto_front(points: Sequence[Mapping], cost_key: str, acc_key: str = "accuracy") -> list[int]:
     """Indices of the Pareto-optimal points (lowest cost for their accuracy), by
-    increasing cost: a point is kept when every cheaper-or-equal point is less accurate."""
+    increasing cost: a point is kept when every cheaper-or-equal point is less accurate.
+    Points marked ``"fits": false`` (over the target's budget) cannot be built and are
+    never on the front.
+
+    >>> pareto_front([{"luts": 1, "accuracy": 0.5}, {"luts": 2, "accuracy": 0.9, "fits": False}], "luts")
+    [0]
+    """
     for i, p in enumerate(points):
         for key in (cost_key, acc_key):
             if key not in p:
                 raise ValueError(f"sweep point {i} has no {key!r} field")
-    order = sorted(range(len(points)), key=lambda i: (points[i][cost_key], -points[i][acc_key]))
+    feasible = [i for i, p in enumerate(points) if bool(p.get("fits", True))]
+    order = sorted(feasible, key=lambda i: (points[i][cost_key], -points[i][acc_key]))
     front, best = [], float("-inf")
     for i in order:
         if points[i][acc_key] > best:

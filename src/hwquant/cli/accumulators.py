@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hwquant.cli.common import add_factory_option
+from hwquant.cli.common import add_factory_option, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -33,30 +33,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="inputs for observed maxima: the digits test set, or random normal inputs "
         "of the checkpoint's input shape",
     )
-    p.add_argument("--samples", type=int, default=256, help="number of inputs (default 256)")
+    p.add_argument(
+        "--samples", type=positive_int, default=256, help="number of inputs (default 256)"
+    )
     p.add_argument("--audit", action="store_true", help="worst-case overflow audit")
-    p.add_argument("--bits", type=int, default=None, help="accumulator bits P for the audit")
+    p.add_argument(
+        "--bits", type=positive_int, default=None, help="accumulator bits P for the audit (≥ 1)"
+    )
     p.add_argument("--mode", choices=("wrap", "saturate"), default="wrap")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_factory_option(p)
     p.set_defaults(func=run)
 
 
-def _data(kind: str, n: int, shape: tuple[int, ...] | None):
+def _data(kind: str, n: int, shape: tuple[int, ...] | None, model):
+    """The ``--data`` inputs (None for ``none``), checked to fit the model."""
     import torch
+
+    from hwquant.export.qonnx import check_example
 
     if kind == "none":
         return None
-    if n < 1:
-        raise ValueError(f"--samples must be ≥ 1, got {n}")
     if kind == "digits":
         from hwquant.datasets import digits
 
         flat = shape is not None and len(shape) == 2
-        return digits(flat=flat).test.dataset.tensors[0][:n]
-    if shape is None:
+        x = digits(flat=flat).test.dataset.tensors[0][:n]
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape[1:]):
+            raise ValueError(
+                f"--data digits gives inputs of shape {tuple(x.shape[1:])} (8×8 images), "
+                f"the model takes {tuple(shape[1:])}"
+            )
+    elif shape is None:
         raise ValueError("--data random needs a checkpoint with an 'input_shape'")
-    return torch.randn((n, *shape[1:]), generator=torch.Generator().manual_seed(0))
+    else:
+        x = torch.randn((n, *shape[1:]), generator=torch.Generator().manual_seed(0))
+    try:
+        check_example(model, (x[:1],))
+    except ValueError as e:
+        raise ValueError(f"--data {kind}: {e}") from None
+    return x
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, shape = load_checkpoint(str(args.model), factory=args.factory)
     model.eval()
-    report = accumulators(model, _data(args.data, args.samples, shape))
+    report = accumulators(model, _data(args.data, args.samples, shape, model))
     audit = overflow_audit(model, args.bits, args.mode) if args.audit else None
     return _print(args, report, audit)
 

@@ -2,7 +2,8 @@
 
 Prints a per-layer table (or ``--json``), optionally writes ``--plot`` PNGs; with
 ``--sweep`` (a JSON list of ``{"label", "accuracy", <cost>...}``) also the accuracy
-vs cost plot with its Pareto front.
+vs cost plot with its Pareto front. ``--input-shape`` (checkpoints) takes the batch
+dimension first, as every ``hwquant`` command.
 """
 
 from __future__ import annotations
@@ -12,23 +13,18 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hwquant.cli.common import add_factory_option
+from hwquant.cli.common import (
+    INPUT_SHAPE_HELP,
+    add_factory_option,
+    check_shape_convention,
+    input_shape,
+    parse_shape,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hwquant.analysis import CostReport
 
 __all__ = ["add_parser", "parse_folding", "parse_shape", "run"]
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,1,8,8"`` → (1, 1, 8, 8)."""
-    try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"--input-shape must be comma-separated ints, got {text!r}") from None
-    if not shape:
-        raise ValueError("--input-shape is empty")
-    return shape
 
 
 def parse_folding(items: list[str] | None) -> dict[str, tuple[int, int]]:
@@ -49,12 +45,7 @@ def parse_folding(items: list[str] | None) -> dict[str, tuple[int, int]]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cost", help="FPGA cost estimate (LUT/DSP/BRAM, BOPs, accumulators)")
     p.add_argument("model", type=Path, help="a QONNX file (.onnx) or a hwquant checkpoint (.pt)")
-    p.add_argument(
-        "--input-shape",
-        type=str,
-        default=None,
-        help="input shape with batch dim for checkpoints, e.g. 1,1,8,8",
-    )
+    p.add_argument("--input-shape", type=input_shape, default=None, help=INPUT_SHAPE_HELP)
     p.add_argument(
         "--target",
         default="generic",
@@ -87,36 +78,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hwquant.analysis import cost
 
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    model = args.model
+    points = _read_sweep(args.sweep, args.pareto_cost) if args.sweep is not None else None
+    if points is not None and args.plot is None:
+        raise ValueError("--sweep needs --plot (the Pareto plot is written beside it)")
+    folding = parse_folding(args.fold)
+    shape, model = args.input_shape, args.model
     if args.factory:  # the model file names the user's own builder
         from hwquant.checkpoint import load_checkpoint
 
         model, stored = load_checkpoint(args.model, factory=args.factory)
+        check_shape_convention(shape, stored)
         shape = shape or stored
-    report = cost(model, shape, target=args.target, folding=parse_folding(args.fold))
+    report = cost(model, shape, target=args.target, folding=folding)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         _print_table(report)
     if args.plot is not None:
-        _plots(report, args)
+        _plots(report, args.plot, points, args)
     return 1 if args.check and not report.fits else 0
 
 
-def _plots(report: CostReport, args: argparse.Namespace) -> None:
+def _read_sweep(path: Path, cost_key: str) -> list[dict]:
+    """The sweep points: a non-empty JSON list of objects with numbers under
+    ``accuracy`` and ``cost_key``."""
+    try:
+        points = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read sweep results {path}: {e}") from None
+    if not isinstance(points, list) or not points:
+        raise ValueError(f"{path}: expected a non-empty JSON list of sweep points")
+    for i, p in enumerate(points):
+        if not isinstance(p, dict):
+            raise ValueError(
+                f"{path}: sweep point {i} is {json.dumps(p)}, not an object with "
+                f"'accuracy' and {cost_key!r}"
+            )
+        for key in ("accuracy", cost_key):
+            v = p.get(key)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"{path}: sweep point {i} has no number {key!r} (got {v!r})")
+    return points
+
+
+def _plots(
+    report: CostReport, plot: Path, points: list[dict] | None, args: argparse.Namespace
+) -> None:
     from hwquant.analysis.plots import plot_cost, plot_pareto
 
-    written = [plot_cost(report, args.plot, title=f"{report.source} on {report.target['name']}")]
-    if args.sweep is not None:
-        try:
-            points = json.loads(args.sweep.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read sweep results {args.sweep}: {e}") from None
-        if not isinstance(points, list):
-            raise ValueError(f"{args.sweep}: expected a JSON list of sweep points")
-        pareto = args.plot.with_name(args.plot.stem + "_pareto.png")
-        written.append(plot_pareto(points, pareto, cost_key=args.pareto_cost))
+    title = f"{report.source} on {report.target['name']}"
+    pareto = plot.with_name(plot.stem + "_pareto.png")
+    try:
+        written = [plot_cost(report, plot, title=title)]
+        if points is not None:
+            written.append(plot_pareto(points, pareto, cost_key=args.pareto_cost))
+    except OSError as e:
+        where = e.filename if e.filename is not None else plot
+        raise ValueError(f"cannot write plot {where}: {e.strerror or e}") from None
     if not args.json:
         print("plots: " + ", ".join(str(p) for p in written))
 

@@ -1,10 +1,14 @@
 """``hwquant export``: write a checkpoint's model as QONNX or QCDQ.
 
+``--input-shape`` takes the batch dimension first (as every ``hwquant`` command
+and ``hwquant.save_checkpoint``); ``--batch`` overrides that first dimension.
+
 >>> import argparse
 >>> p = argparse.ArgumentParser(); sub = p.add_subparsers()
 >>> add_parser(sub)
->>> p.parse_args(["export", "m.pt", "--input-shape", "3,8,8"]).format
-'qonnx'
+>>> a = p.parse_args(["export", "m.pt", "--input-shape", "1,3,8,8"])
+>>> a.format, a.input_shape, a.batch
+('qonnx', (1, 3, 8, 8), None)
 """
 
 from __future__ import annotations
@@ -12,51 +16,59 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from hwquant.cli.common import add_factory_option
+from hwquant.cli.common import (
+    INPUT_SHAPE_HELP,
+    add_factory_option,
+    check_shape_convention,
+    input_shape,
+    parse_shape,
+    positive_int,
+)
 
 __all__ = ["add_parser", "parse_shape", "run"]
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"3,32,32"`` → (3, 32, 32)."""
-    try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"bad shape {text!r}: expected comma-separated integers") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise ValueError(f"bad shape {text!r}: dimensions must be positive")
-    return shape
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a quantized model to QONNX or QCDQ ONNX")
     p.add_argument("checkpoint", help="a hwquant model file (hwquant.save_checkpoint)")
-    p.add_argument("-o", "--output", help="output .onnx (default: checkpoint name + .onnx)")
-    p.add_argument("--format", choices=("qonnx", "qcdq"), default="qonnx")
     p.add_argument(
-        "--input-shape",
-        help="input shape without batch, e.g. 3,32,32 (default: the checkpoint's 'input_shape')",
+        "-o", "--output", help="output .onnx (default: checkpoint name + .<format>.onnx)"
     )
-    p.add_argument("--batch", type=int, default=1, help="batch size of the graph (default 1)")
-    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
+    p.add_argument("--format", choices=("qonnx", "qcdq"), default="qonnx")
+    p.add_argument("--input-shape", type=input_shape, help=INPUT_SHAPE_HELP)
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=None,
+        help="batch size of the graph: replaces the input shape's first dimension "
+        "(default: that dimension, 1 for the usual checkpoint)",
+    )
+    p.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="symbolic batch dimension (the input shape's batch is then only used to trace)",
+    )
     p.add_argument("--int4", action="store_true", help="QCDQ: native int4/uint4 containers")
     add_factory_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from hwquant.checkpoint import load_checkpoint
     from hwquant.export import to_qcdq, to_qonnx
 
-    # the stored shape includes the batch
-    model, stored = load_checkpoint(args.checkpoint, factory=args.factory)
-    shape = parse_shape(args.input_shape) if args.input_shape else (stored[1:] if stored else None)
+    model, stored = load_checkpoint(args.checkpoint, factory=args.factory)  # batch first
+    check_shape_convention(args.input_shape, stored)
+    shape = args.input_shape or stored
     if shape is None:
-        raise ValueError("the checkpoint stores no 'input_shape': pass --input-shape")
+        raise ValueError(
+            "the checkpoint stores no input shape: pass --input-shape with the batch first, "
+            "e.g. 1,3,32,32"
+        )
     out = args.output or str(Path(args.checkpoint).with_suffix("")) + f".{args.format}.onnx"
-    x = torch.zeros((args.batch, *shape))
+    x = torch.zeros((args.batch or shape[0], *shape[1:]))
     if args.format == "qcdq":
         path = to_qcdq(model, x, out, args.dynamic_batch, int4=args.int4)
     else:

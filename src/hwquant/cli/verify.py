@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hwquant.checkpoint import load_checkpoint
-from hwquant.cli.common import add_factory_option
+from hwquant.cli.common import add_factory_option, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -29,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="the model the graph was exported from")
     p.add_argument("graph", help="the exported .onnx (QONNX or QCDQ)")
-    p.add_argument("-n", "--n", type=int, default=1000, help="random N(0,1) inputs (default 1000)")
+    p.add_argument(
+        "-n", "--n", type=positive_int, default=1000, help="random N(0,1) inputs (default 1000)"
+    )
     p.add_argument("--inputs", help="inputs as .npy or .pt instead of random ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -49,26 +52,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _input_shape(graph: str) -> tuple[int, ...]:
-    import onnx
+    """The graph's input shape without the batch (random inputs are drawn with it)."""
+    from hwquant.export.verify import read_graph
 
-    dims = onnx.load(graph).graph.input[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value for d in dims[1:])
+    dims = read_graph(graph).graph.input[0].type.tensor_type.shape.dim
+    shape = tuple(d.dim_value for d in dims[1:])
+    if any(d < 1 for d in shape):
+        raise ValueError(
+            f"{graph}: the input has symbolic dimensions besides the batch "
+            f"({', '.join(d.dim_param or '?' for d in dims[1:])}): pass --inputs"
+        )
+    return shape
 
 
 def _load_inputs(path: str) -> torch.Tensor:
     """Inputs from ``.npy`` (no pickled objects) or a tensor saved with torch.save."""
+    if not Path(path).is_file():
+        raise ValueError(f"no inputs file at {path}")
     try:
-        if path.endswith(".npy"):
-            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of plain pickles
+            warnings.simplefilter("ignore")
+            if path.endswith(".npy"):
+                return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):
-            raise ValueError(f"cannot read inputs {path}: {str(e).splitlines()[0]}") from None
+            raise ValueError(
+                f"cannot read inputs {path}: not a .npy file or a torch.save of a tensor"
+            ) from None
         raise ValueError(
             f"{path} holds pickled Python objects, which hwquant never loads (they can run code)"
         ) from None
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"cannot read inputs {path}: {str(e).strip().splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()
+        raise ValueError(
+            f"cannot read inputs {path}: {first[0] if first else type(e).__name__}"
+        ) from None
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path} holds no tensor")
     return obj.float()

@@ -6,8 +6,8 @@ The pipeline: check that every quantizer has a scale and that the example input
 fits (errors name the module path) → trace with ``torch.export`` while the
 quantizers emit QONNX nodes (:mod:`hwquant.export.emit`) → translate to ONNX
 (``torch.onnx.export``, dynamo) → qonnx's cleanup, shape and datatype inference →
-metadata → write to a temporary file next to ``path`` and rename it (a failed
-export leaves no file behind).
+metadata → write ``<path>.partial-<pid>`` next to ``path`` and rename it (a failed
+export leaves no file behind; see :func:`write_atomic`).
 
 Weights stay float initializers followed by their ``Quant`` node (the QONNX
 convention), so consumers see the float weight, its scale and its bit width.
@@ -27,12 +27,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -493,20 +493,57 @@ def _stamp(
 
 
 # ---------------------------------------------------------------- writing
+#: the name of the file being written beside ``target``: ``<target>.partial-<pid>``.
+PARTIAL = ".partial-"
+
+
 def write_atomic(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write ``proto`` to a temporary file beside ``path``, then rename it."""
+    """Write ``proto`` to ``<path>.partial-<pid>`` beside ``path``, then rename it
+    over ``path`` (readers never see a half-written model).
+
+    The file gets the mode a plain ``open()`` gives (0666 minus the umask). The
+    partial file is removed when writing fails; one a killed process left behind
+    (its pid no longer running) is removed by the next export to the same path.
+    ``ValueError`` naming the path when it cannot be written."""
     import onnx
 
     target = Path(path)
     if not target.parent.is_dir():
         raise ValueError(f"cannot write {target}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    if target.is_dir():
+        raise ValueError(f"cannot write {target}: it is a directory")
+    _remove_stale_partials(target)
+    tmp = target.with_name(f"{target.name}{PARTIAL}{os.getpid()}")
     try:
-        onnx.save(proto, tmp)
+        onnx.save(proto, str(tmp))  # a plain open(): mode 0666 minus the umask
         os.replace(tmp, target)
-    except BaseException:
+    except OSError as e:
+        raise ValueError(f"cannot write {target}: {e.strerror or e}") from None
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
     return target
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Remove ``<target>.partial-<pid>`` files of processes that no longer run."""
+    with contextlib.suppress(OSError):
+        for p in target.parent.glob(f"{glob.escape(target.name)}{PARTIAL}*"):
+            pid = p.name.rpartition(PARTIAL)[2]
+            if pid.isdigit() and not _running(int(pid)):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate it there: never clean up
+        return True
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it runs, as another user
+        return True
+    return True

@@ -67,7 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from hwquant.export.emit import PATH_KEY, QONNX_DOMAIN
-from hwquant.export.qonnx import Inputs, as_inputs, eval_mode
+from hwquant.export.qonnx import Inputs, as_inputs, check_example, eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -80,6 +80,7 @@ __all__ = [
     "VerifyReport",
     "graph_kind",
     "output_steps",
+    "read_graph",
     "verify",
     "with_batch",
 ]
@@ -95,6 +96,13 @@ DEFAULT_TOLERANCE: dict[str, float] = {
 #: float32 rounding error in front of a quantizer, relative to the largest |x| of
 #: the sample's tensor (2^-19 ≈ 16 float32 ulps of it): the boundary-flip criterion.
 BOUNDARY_RHO = 2.0**-19
+#: inputs per qonnx ``execute_onnx`` call (its cost is mostly per call and per node,
+#: so a fixed-batch graph runs re-batched to this size: see ``_run_qonnx``).
+QONNX_CHUNK = 256
+#: a progress bar (tqdm, on a terminal) when a backend needs more calls than this.
+PROGRESS_CALLS = 8
+#: the packages of the ``export`` extra: a backend missing one raises (not a FAIL row).
+_EXTRA_PACKAGES = frozenset({"onnx", "onnxruntime", "onnxscript", "qonnx", "hls4ml"})
 #: float32 summation-order noise, relative to the largest output, that still counts as the same
 #: code (un-quantized accumulator outputs with non-power-of-two scales).
 _NOISE = 1e-6
@@ -215,6 +223,25 @@ def graph_kind(proto: onnx.ModelProto) -> str:
     return "onnx"
 
 
+def read_graph(path: str | os.PathLike) -> onnx.ModelProto:
+    """The ``ModelProto`` at ``path``; ``ValueError`` naming the file when it is
+    missing or not an ONNX model."""
+    import onnx
+
+    if not os.path.isfile(path):
+        raise ValueError(f"no exported graph at {path}")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf's DecodeError and friends: not a model file
+        first = str(e).strip().splitlines()
+        raise ValueError(
+            f"cannot read {path} as ONNX: {first[0] if first else type(e).__name__}"
+        ) from None
+    if not proto.graph.input or not proto.graph.output:
+        raise ValueError(f"{path} is not an ONNX model with inputs and outputs")
+    return proto
+
+
 def with_batch(proto: onnx.ModelProto | str | os.PathLike, n: int) -> onnx.ModelProto:
     """A copy whose symbolic batch dimension is ``n`` (shapes re-inferred); a graph
     with a fixed batch is returned unchanged. ``proto`` may be a path.
@@ -248,18 +275,13 @@ def with_batch(proto: onnx.ModelProto | str | os.PathLike, n: int) -> onnx.Model
     ]
     if not dyn:
         return proto
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.transformation.infer_shapes import InferShapes
 
     p = copy.deepcopy(proto)
     for vi in (*p.graph.input, *p.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if dims and not dims[0].dim_value:
             dims[0].dim_value = n
-    del p.graph.value_info[:]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ModelWrapper(p).transform(InferShapes()).model
+    return _inferred(p)
 
 
 def _batch_of(proto: onnx.ModelProto) -> int | None:
@@ -444,31 +466,145 @@ def _torch_outputs(model: nn.Module, xs: tuple[Tensor, ...]) -> list[np.ndarray]
     return [t.detach().double().numpy() for t in leaves]
 
 
-def _run_qonnx(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    """``x`` with its last row repeated up to ``size`` rows."""
+    if x.shape[0] == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def _in_chunks(
+    run: Callable[[list[np.ndarray]], list[np.ndarray]],
+    xs: Sequence[np.ndarray],
+    size: int,
+    desc: str,
+) -> list[np.ndarray]:
+    """``run`` on consecutive chunks of exactly ``size`` samples (the last one padded
+    by repeating its last sample, whose outputs are dropped), outputs concatenated
+    along the batch; a progress bar on a terminal when it takes many calls."""
+    from tqdm.auto import tqdm
+
+    n = xs[0].shape[0]
+    calls = -(-n // size)
+    outs: list[list[np.ndarray]] = []
+    quiet = True if calls <= PROGRESS_CALLS else None  # None: shown on a terminal only
+    with tqdm(total=n, desc=desc, unit="input", leave=False, disable=quiet) as bar:
+        for i in range(0, n, size):
+            k = min(size, n - i)
+            ys = run([_pad(x[i : i + k], size) for x in xs])
+            outs.append([np.asarray(y, np.float64)[:k] for y in ys])
+            bar.update(k)
+    return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+
+def _qonnx_runner(proto: onnx.ModelProto) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
 
-    fixed = _batch_of(proto)
-    n = xs[0].shape[0]
-    chunk = fixed or n
-    if n % chunk:
-        raise ValueError(f"the graph has a fixed batch of {fixed}; got {n} inputs")
-    mw = ModelWrapper(with_batch(proto, n))
+    mw = ModelWrapper(proto)
     names = [i.name for i in mw.graph.input]
-    outs: list[list[np.ndarray]] = []
+
+    def run(part: list[np.ndarray]) -> list[np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = execute_onnx(mw, dict(zip(names, part, strict=True)))
+        return [res[o.name] for o in mw.graph.output]
+
+    return run
+
+
+def _rebatched(proto: onnx.ModelProto, old: int, new: int) -> onnx.ModelProto | None:
+    """A copy of a graph with the fixed batch ``old`` whose batch is ``new``: dimension
+    0 of every input and output, and a leading ``old`` in the constant shape of a
+    Reshape (torch.export writes the traced batch there), shapes re-inferred. None
+    where an input or output does not lead with ``old`` or shape inference fails;
+    the caller checks the copy against the original graph before trusting it."""
+    from onnx import numpy_helper
+
+    p = copy.deepcopy(proto)
+    g = p.graph
+    for vi in (*g.input, *g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or dims[0].dim_value != old:
+            return None
+        dims[0].dim_value = new
+    users: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    for t in g.initializer:
+        nodes = users.get(t.name, [])
+        if not nodes or any(
+            n.op_type != "Reshape" or list(n.input).index(t.name) != 1 for n in nodes
+        ):
+            continue
+        v = numpy_helper.to_array(t)
+        if v.ndim == 1 and v.size > 1 and v[0] == old:
+            v = v.copy()
+            v[0] = new
+            t.CopyFrom(numpy_helper.from_array(v, t.name))
+    try:
+        return _inferred(p)
+    except Exception:  # a graph qonnx cannot re-infer: run it at its own batch
+        return None
+
+
+def _inferred(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` (changed in place) with its shapes re-inferred by qonnx: its
+    executor needs a shape for every tensor."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    del proto.graph.value_info[:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for i in range(0, n, chunk):
-            res = execute_onnx(mw, {k: x[i : i + chunk] for k, x in zip(names, xs, strict=True)})
-            outs.append([np.asarray(res[o.name], np.float64) for o in mw.graph.output])
-    return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+        return ModelWrapper(proto).transform(InferShapes()).model
+
+
+def _agrees(
+    big: onnx.ModelProto, proto: onnx.ModelProto, xs: Sequence[np.ndarray], old: int, new: int
+) -> bool:
+    """The re-batched graph gives the original's outputs on the first ``old`` samples."""
+    try:
+        ys = _qonnx_runner(big)([_pad(x[:new], new) for x in xs])
+    except Exception:  # the copy does not run: the batch is baked in somewhere else
+        return False
+    refs = _qonnx_runner(proto)([_pad(x[:old], old) for x in xs])
+    k = min(old, xs[0].shape[0])
+    for y, r in zip(ys, refs, strict=True):
+        y, r = np.asarray(y, np.float64), np.asarray(r, np.float64)
+        if y.shape[1:] != r.shape[1:] or y.shape[0] != new:
+            return False
+        if not np.allclose(
+            y[:k], r[:k], rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(r).max(initial=0.0)))
+        ):
+            return False
+    return True
+
+
+def _run_qonnx(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """qonnx's executor; its cost is per call, so a graph with a fixed batch B (a
+    call per B samples) runs as a copy re-batched to ``QONNX_CHUNK`` samples when
+    that copy agrees with the original on the first B samples."""
+    n = xs[0].shape[0]
+    fixed = _batch_of(proto)
+    if fixed is None:
+        return _in_chunks(_qonnx_runner(with_batch(proto, n)), xs, n, "qonnx")
+    own = _inferred(copy.deepcopy(proto))
+    size = max(fixed, min(n, QONNX_CHUNK))
+    if size > fixed:
+        big = _rebatched(proto, fixed, size)
+        if big is not None and _agrees(big, own, xs, fixed, size):
+            return _in_chunks(_qonnx_runner(big), xs, size, "qonnx")
+    return _in_chunks(_qonnx_runner(own), xs, fixed, "qonnx")
 
 
 def _run_onnxruntime(
     proto: onnx.ModelProto, xs: Sequence[np.ndarray], optimize: bool = True
 ) -> list[np.ndarray]:
     """A default session (graph optimizations fuse Q/DQ pairs into integer kernels,
-    as users deploy), or with ``optimize=False`` the graph as written."""
+    as users deploy), or with ``optimize=False`` the graph as written; a graph with a
+    fixed batch runs as written, in chunks of its batch."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -477,18 +613,12 @@ def _run_onnxruntime(
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    fixed = _batch_of(proto)
+
+    def run(part: list[np.ndarray]) -> list[np.ndarray]:
+        return sess.run(None, dict(zip(names, part, strict=True)))
+
     n = xs[0].shape[0]
-    chunk = fixed or n
-    if n % chunk:
-        raise ValueError(f"the graph has a fixed batch of {fixed}; got {n} inputs")
-    outs = [
-        sess.run(None, {k: x[i : i + chunk] for k, x in zip(names, xs, strict=True)})
-        for i in range(0, n, chunk)
-    ]
-    return [
-        np.concatenate([np.asarray(o[j], np.float64) for o in outs]) for j in range(len(outs[0]))
-    ]
+    return _in_chunks(run, xs, _batch_of(proto) or n, "onnxruntime")
 
 
 def _run_hls4ml(proto: onnx.ModelProto, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -658,6 +788,37 @@ def _backend_notes(backend: str, proto: onnx.ModelProto) -> str:
     return ""
 
 
+def _missing_package(e: BaseException) -> bool:
+    """``e`` is the import of a package of the ``export`` extra failing."""
+    return isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in _EXTRA_PACKAGES
+
+
+def _check_inputs(proto: onnx.ModelProto, xs: tuple[Tensor, ...], path: Any) -> None:
+    """``ValueError`` unless ``xs`` (at least one sample) fit the graph's inputs:
+    their number, rank and every fixed dimension but the batch."""
+    consts = {t.name for t in proto.graph.initializer}
+    ins = [vi for vi in proto.graph.input if vi.name not in consts]
+    if len(ins) != len(xs):
+        raise ValueError(f"{path} takes {len(ins)} input(s), got {len(xs)}")
+    if xs[0].shape[0] < 1:
+        raise ValueError("verify needs at least one input sample")
+    if any(x.shape[0] != xs[0].shape[0] for x in xs):
+        raise ValueError(f"the inputs hold different numbers of samples: {[len(x) for x in xs]}")
+    for vi, x in zip(ins, xs, strict=True):
+        if not vi.type.tensor_type.HasField("shape"):
+            continue
+        want = [d.dim_value or None for d in vi.type.tensor_type.shape.dim]
+        fits = len(want) == x.dim() and all(
+            w is None or w == d for w, d in zip(want[1:], x.shape[1:], strict=True)
+        )
+        if not fits:
+            dims = ", ".join(["N", *(str(w) if w else "?" for w in want[1:])])
+            raise ValueError(
+                f"inputs of shape {tuple(x.shape)} do not fit the graph's input "
+                f"{vi.name!r} of shape ({dims})"
+            )
+
+
 def verify(
     model: nn.Module,
     path: str | os.PathLike,
@@ -675,8 +836,13 @@ def verify(
         path: a QONNX file (``to_qonnx``) or a QCDQ file (``to_qcdq``); a
             dynamic-batch file runs in qonnx's executor with its batch fixed to
             the inputs' (:func:`with_batch`).
-        inputs: a batch (tensor or tuple of tensors); a fixed-batch graph runs it
-            in chunks of its batch size.
+        inputs: a batch of at least one sample (tensor or tuple of tensors) that
+            fits the graph's inputs (``ValueError`` naming both shapes otherwise).
+            A graph with a fixed batch B takes any number of samples: onnxruntime
+            runs it as written in chunks of B (the last one padded); qonnx's
+            executor, whose cost is per call, runs a copy re-batched to
+            ``QONNX_CHUNK`` samples once that copy agrees with the original on the
+            first B samples (else chunks of B), with a progress bar on a terminal.
         backends: subset of ``BACKENDS``; default all (``onnxruntime`` is a
             default session, ``onnxruntime-noopt`` one with graph optimizations
             off). Backends that do not apply (onnxruntime on QONNX ops, hls4ml on
@@ -684,18 +850,17 @@ def verify(
         tolerance: allowed steps per backend (defaults in ``DEFAULT_TOLERANCE``).
         strict: boundary flips (module docstring) fail the backend too.
     """
-    import onnx
-
     chosen = tuple(BACKENDS if backends is None else backends)
     unknown = set(chosen) - set(BACKENDS)
     if unknown:
         raise ValueError(f"unknown backend(s) {sorted(unknown)}; known: {list(BACKENDS)}")
     tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
-    if not os.path.isfile(path):
-        raise ValueError(f"no exported graph at {path}")
-    proto = onnx.load(str(path))
+    proto = read_graph(path)
     kind = graph_kind(proto)
     xs = as_inputs(inputs)
+    _check_inputs(proto, xs, path)
+    with eval_mode(model):
+        check_example(model, tuple(x[:1] for x in xs))
     report = VerifyReport(str(path), kind, int(xs[0].shape[0]))
     t0 = time.perf_counter()
     refs = _torch_outputs(model, xs)
@@ -730,6 +895,8 @@ def verify(
         try:
             ys = _RUNNERS[b](proto, arrays)
         except Exception as e:  # a backend that crashes fails, with its message
+            if _missing_package(e):
+                raise  # not a mismatch: the export extra is not installed
             msg = str(e).strip().splitlines()
             report.results.append(
                 BackendResult(

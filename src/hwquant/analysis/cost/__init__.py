@@ -58,6 +58,7 @@ def read_records(
     if isinstance(model_or_onnx, nn.Module):
         if input_shape is None:
             raise ValueError("costing a torch model needs input_shape, e.g. (1, 1, 8, 8)")
+        _check_fits(model_or_onnx, input_shape)
         return records_from_module(model_or_onnx, input_shape), type(model_or_onnx).__name__
     if type(model_or_onnx).__name__ == "ModelProto":
         from hwquant.analysis.cost.onnx_reader import records_from_onnx
@@ -68,13 +69,14 @@ def read_records(
         if not path.exists():
             raise ValueError(f"no such file: {path}")
         if path.suffix.lower() in _CHECKPOINT_SUFFIXES:
-            model, shape = load_checkpoint(str(path))
-            shape = input_shape if input_shape is not None else shape
+            model, stored = load_checkpoint(str(path))
+            shape = input_shape if input_shape is not None else stored
             if shape is None:
                 raise ValueError(
                     f"{path}: the checkpoint has no 'input_shape'; "
                     "give one, e.g. input_shape=(1, 1, 8, 8)"
                 )
+            _check_fits(model, shape, stored)
             return records_from_module(model, shape), str(path)
         from hwquant.analysis.cost.onnx_reader import records_from_onnx
 
@@ -83,6 +85,28 @@ def read_records(
         f"cannot cost a {type(model_or_onnx).__name__}: give an nn.Module, "
         "a QONNX file or a hwquant checkpoint"
     )
+
+
+def _check_fits(model: Any, shape: Sequence[int], stored: Sequence[int] | None = None) -> None:
+    """``ValueError`` unless ``shape`` (batch first) is an input the model takes; it
+    names the stored shape when ``shape`` is that shape without its batch."""
+    from hwquant.analysis.cost.model import _check_shape
+    from hwquant.export.qonnx import check_example
+
+    shape = _check_shape(shape)
+    if stored is not None and len(stored) > 1 and shape == tuple(stored[1:]):
+        raise ValueError(
+            f"input shape {shape} is the checkpoint's without its batch dimension; "
+            f"the input shape takes the batch first: {tuple(stored)}"
+        )
+    import copy
+
+    import torch
+
+    try:  # on a copy in eval mode: the forward must not move any quantizer's state
+        check_example(copy.deepcopy(model).eval(), (torch.zeros(shape),))
+    except ValueError as e:
+        raise ValueError(f"{e} (the input shape takes the batch dimension first)") from None
 
 
 def cost(

@@ -263,8 +263,17 @@ def _integer_weights(g: OnnxGraph, node: Any, fmt: Format) -> np.ndarray | None:
     if not isinstance(fmt, IntFormat):
         return None
     s = g.const(node.input[1])
-    z = g.const(node.input[2])
-    z = 0.0 if z is None else z
+    if s is None:
+        raise ValueError(
+            f"{node.op_type} node {node.name!r}: its scale {node.input[1]!r} is not a constant "
+            "(no initializer of that name)"
+        )
+    z = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
+    if z is None:
+        raise ValueError(
+            f"{node.op_type} node {node.name!r}: its zero point {node.input[2]!r} is not a "
+            "constant (no initializer of that name)"
+        )
     rnd = _ROUND.get(g.attr(node, "rounding_mode", "ROUND"), np.round)
     v = np.clip(x / s + z, fmt.min_int, fmt.max_int)
     return rnd(v) - z
