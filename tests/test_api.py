@@ -120,3 +120,24 @@ def test_fold_bn_updates_the_quantize_report():
     fold_bn.apply(qm)
     notes = {e.name: e.detail for e in qm.hwquant_report.entries}
     assert notes["features.1"] == "folded into features.0"
+
+
+def test_fold_bn_bias_is_quantized_as_the_spec_asks():
+    """Folding BN into a bias-less conv adds a bias: it gets the layer's accumulator-scale
+    integer bias quantizer, not a float bias (it stayed float before)."""
+    from hwquant.algorithms import fold_bn
+    from hwquant.nn import BiasQuantizer
+
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4)).eval()
+    m[1].running_mean.uniform_(-1, 1)
+    m[1].bias.data.uniform_(-1, 1)
+    qm = hwquant.quantize(m, Recipe.uniform(weights=W8, activations=A8))
+    x = torch.randn(8, 2, 5, 5)
+    qm(x)
+    fold_bn.apply(qm)
+    conv = qm[0]
+    assert isinstance(conv.bias_quant, BiasQuantizer)
+    s_acc = conv.input_quant.scale() * conv.weight_quant.scale_for(conv.weight)
+    codes = conv.quant_bias() / s_acc.reshape(-1)
+    assert torch.equal(codes, codes.round())  # integer codes on the accumulator scale
+    assert "bias=INT32" in str(qm.hwquant_report).split("\n")[0]  # the report tells the truth

@@ -248,3 +248,24 @@ def test_cnn_conv_8bit_weights_default_session(tmp_path):
     x = 3 * _x((16, 5, 5), n=64).abs()
     _, rep = _qcdq(nn.Sequential(conv), (16, 5, 5), tmp_path, x=x)
     assert rep.exact and rep["onnxruntime"].max_steps == 0.0, rep
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_float_bias_before_a_quantizer_is_exact_in_a_default_session(conv, tmp_path):
+    """onnxruntime fuses DQ → Conv/Gemm(float bias) → Relu → Q into an integer kernel and
+    rounds the float bias onto s_x·s_w: one step off wherever it was not on that grid
+    (the demo's folded-BN biases: 3,572 of 3,600 values). QCDQ adds float biases after."""
+    if conv:
+        layer = QuantConv2d(1, 8, 3, padding=1, spec=LayerSpec(input=act(4), weight=weight(4)))
+        shape = (1, 8, 8)
+    else:
+        layer = QuantLinear(16, 8, spec=LayerSpec(input=act(4), weight=weight(4)))
+        shape = (16,)
+    with torch.no_grad():
+        layer.bias.uniform_(-1, 1, generator=torch.Generator().manual_seed(1))
+    model = nn.Sequential(layer, QuantReLU(spec=LayerSpec(output=act(4, signed=False))))
+    path, rep = _qcdq(model, shape, tmp_path, backends=("onnxruntime", "onnxruntime-noopt"))
+    assert rep["onnxruntime"].mismatched == 0, rep
+    assert rep["onnxruntime-noopt"].mismatched == 0, rep
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert "Add" in ops  # the float bias, kept out of the integer kernel

@@ -73,7 +73,9 @@ def fold_pair(layer: nn.Module, bn: _BN) -> None:
     w.mul_(k.reshape(shape))
     b = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
     new_bias = (b - bn.running_mean) * k + beta
-    if layer.bias is None:
+    if layer.bias is None and isinstance(layer, QuantWeightLayer):
+        layer.add_bias(new_bias)  # quantized as its spec says (e.g. on the accumulator scale)
+    elif layer.bias is None:
         layer.bias = nn.Parameter(new_bias)
     else:
         layer.bias.copy_(new_bias)

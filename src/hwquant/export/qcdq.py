@@ -29,6 +29,9 @@ then each QONNX node is lowered:
   point were the container's minimum (true for uint8 zp = 0, wrong for float8,
   where negative values then pass) and fails to load a Clip before a float8
   QuantizeLinear.
+- A float bias of a Conv / ConvTranspose / Gemm (not an integer accumulator bias)
+  moves into an ``Add`` after the op: onnxruntime would otherwise fuse it into an
+  integer kernel and round it onto s_x·s_w (:func:`_split_float_biases`).
 - ``Trunc`` (average pooling) → Div → Round → Div(2^t) → Floor → Clip → Mul, the
   same arithmetic in standard ops.
 
@@ -170,7 +173,7 @@ def qonnx_to_qcdq(proto: onnx.ModelProto, *, int4: bool = False) -> onnx.ModelPr
         else:
             nodes.append(n)
     del g.node[:]
-    g.node.extend(_guard_fp8_clamps(nodes, ctx))
+    g.node.extend(_split_float_biases(_guard_fp8_clamps(nodes, ctx), ctx))
     g.initializer.extend(ctx.new_inits)
     del g.quantization_annotation[:]
     _drop_unused_initializers(out)
@@ -458,6 +461,47 @@ def _guard_fp8_clamps(nodes: list, ctx: _Ctx) -> list:
 
 
 _FP8_DTYPES = {dtype for _, dtype in _FP8.values()}
+
+
+def _split_float_biases(nodes: list, ctx: _Ctx) -> list:
+    """Conv / ConvTranspose / Gemm with a *float* bias (a plain initializer, not a
+    DequantizeLinear output) → the op without bias, then ``Add(bias)``.
+
+    onnxruntime's default session fuses DQ → Conv(float bias) → … → Q into an integer
+    kernel and quantizes the float bias to int32 at s_x·s_w on the way: outputs move by
+    a step wherever the bias was not on that grid. A separate Add keeps the bias float,
+    as the graph (and torch) says. Integer (accumulator-scale) biases are unaffected."""
+    from onnx import helper
+
+    producer = {o: n for n in nodes for o in n.output}
+    out = []
+    for n in nodes:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(n.input) < 3:
+            out.append(n)
+            continue
+        bias = n.input[2]
+        if bias not in ctx.inits or any(a.name == "beta" and a.f != 1.0 for a in n.attribute):
+            out.append(n)
+            continue
+        b = ctx.inits[bias]
+        if n.op_type != "Gemm":  # per output channel: broadcast over the spatial dims
+            b = b.reshape(-1, *[1] * (_weight_rank(n.input[1], producer, ctx) - 2))
+        y = n.output[0]
+        n.input[2] = ""  # an empty name: no bias
+        n.output[0] = ctx.name(f"{n.name}_nobias")
+        add = helper.make_node("Add", [n.output[0], ctx.add(f"{n.name}_bias", b)], [y])
+        add.name = ctx.name(f"{n.name}_bias_add")
+        add.metadata_props.extend(n.metadata_props)
+        out.extend([n, add])
+    return out
+
+
+def _weight_rank(tensor: str, producer: dict, ctx: _Ctx) -> int:
+    """Rank of a weight: follow its Q / Clip / DQ chain back to the initializer."""
+    while tensor not in ctx.inits:
+        tensor = producer[tensor].input[0]
+    return ctx.inits[tensor].ndim
+
 
 _ROUND_OPS = {"FLOOR": "Floor", "CEIL": "Ceil", "ROUND": "Round", "HALF_EVEN": "Round"}
 

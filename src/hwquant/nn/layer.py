@@ -71,7 +71,10 @@ class QuantWeightLayer(QuantLayer):
             self.weight_quant = (
                 nn.Identity() if wspec is None else Quantizer.for_weight(wspec, self.weight)
             )
-        bspec = spec.bias if self.bias is not None else None
+        self._setup_bias()
+
+    def _setup_bias(self) -> None:
+        bspec = self.layer_spec.bias if self.bias is not None else None
         if bspec is None:
             self.bias_quant = nn.Identity()
             self.quant_bias = self._bias_float
@@ -81,6 +84,14 @@ class QuantWeightLayer(QuantLayer):
         else:
             self.bias_quant = Quantizer.for_weight(bspec, self.bias)
             self.quant_bias = self._bias_own_scale
+
+    def add_bias(self, bias: Tensor) -> None:
+        """Give a bias-less layer a bias (e.g. from BatchNorm folding), quantized as the
+        layer's LayerSpec says (an accumulator-scale integer bias, a float one, …)."""
+        if self.bias is not None:
+            raise ValueError(f"{type(self).__name__} already has a bias")
+        self.bias = nn.Parameter(bias.detach().clone())
+        self._setup_bias()
 
     def quant_weight(self) -> Tensor:
         """The fake-quantized weight."""
