@@ -82,16 +82,6 @@ class LayerCost:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @property
-    def bops(self) -> float:
-        """Old name of :attr:`bops_psqs` (the Ps-and-Qs formula)."""
-        return self.bops_psqs
-
-    @property
-    def mac_bops(self) -> float:
-        """Old name of :attr:`bops_qonnx` (qonnx's b_a·b_w·MACs)."""
-        return self.bops_qonnx
-
 
 @dataclass
 class ResourceFit:
@@ -153,16 +143,6 @@ class CostReport:
             for r in self.resources
             if not r.fits
         ]
-
-    @property
-    def bops(self) -> float:
-        """Old name of :attr:`bops_psqs` (the Ps-and-Qs formula)."""
-        return self.bops_psqs
-
-    @property
-    def mac_bops(self) -> float:
-        """Old name of :attr:`bops_qonnx` (qonnx's b_a·b_w·MACs)."""
-        return self.bops_qonnx
 
     def layer(self, name: str) -> LayerCost:
         for lc in self.layers:
