@@ -28,27 +28,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from hwquant.graph import QuantizeFunctional, input_unsigned, unsigned_input_modules
 from hwquant.nn import (
     QUANT_TYPES,
     BiasQuantizer,
-    QuantAdd,
     QuantAvgPool2d,
-    QuantCat,
     Quantizer,
     QuantLayer,
-    QuantReLU,
 )
-from hwquant.spec.formats import IntFormat
-from hwquant.spec.layer_spec import LayerSpec, Recipe
-from hwquant.spec.quant_spec import QuantSpec
+from hwquant.spec.layer_spec import Recipe
 
 __all__ = [
     "MODEL_ROW",
@@ -134,79 +128,6 @@ class QuantizeReport:
         return "\n".join(lines)
 
 
-# ----------------------------------------------------------------- graph analysis
-_NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, QuantReLU)
-_PASS_MODULES = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.Flatten,
-    nn.Dropout,
-    nn.Identity,
-    nn.Upsample,
-)
-_NONNEG_FUNCS = {F.relu, torch.relu, F.relu6, torch.sigmoid, F.sigmoid}
-_PASS_FUNCS = {
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    torch.flatten,
-    F.dropout,
-    torch.reshape,
-    F.interpolate,
-}
-_NONNEG_METHODS = {"relu", "sigmoid"}
-_PASS_METHODS = {"flatten", "view", "reshape", "contiguous", "permute", "transpose"}
-_ADD_FUNCS = {operator.add, torch.add}
-_RELU_FUNCS = {F.relu, torch.relu}
-
-
-def _nonnegative_nodes(gm: fx.GraphModule) -> set[fx.Node]:
-    """Nodes whose value is provably ≥ 0 (interval reasoning on a few op kinds)."""
-    mods = dict(gm.named_modules())
-    nonneg: set[fx.Node] = set()
-
-    def first_in(n: fx.Node) -> bool:
-        return bool(n.args) and isinstance(n.args[0], fx.Node) and n.args[0] in nonneg
-
-    for n in gm.graph.nodes:
-        ok = False
-        if n.op == "call_module":
-            m = mods[n.target]
-            if isinstance(m, nn.Hardtanh):
-                ok = m.min_val >= 0
-            else:
-                ok = isinstance(m, _NONNEG_MODULES) or (
-                    isinstance(m, _PASS_MODULES) and first_in(n)
-                )
-        elif n.op == "call_function":
-            if n.target in _NONNEG_FUNCS:
-                ok = True
-            elif n.target in _PASS_FUNCS:
-                ok = first_in(n)
-            elif n.target in _ADD_FUNCS or n.target is torch.cat:
-                args = n.args[0] if n.target is torch.cat else n.args[:2]
-                ok = all(isinstance(a, fx.Node) and a in nonneg for a in args)
-        elif n.op == "call_method":
-            ok = n.target in _NONNEG_METHODS or (n.target in _PASS_METHODS and first_in(n))
-        if ok:
-            nonneg.add(n)
-    return nonneg
-
-
-def _unsigned(spec: QuantSpec | None) -> QuantSpec | None:
-    if spec is None or not isinstance(spec.format, IntFormat) or not spec.format.signed:
-        return spec
-    if spec.zero_point != "symmetric":
-        return spec
-    return dataclasses.replace(spec, format=IntFormat(spec.format.bits, signed=False))
-
-
-def _input_unsigned(spec: LayerSpec) -> LayerSpec:
-    return dataclasses.replace(spec, input=_unsigned(spec.input))
-
-
 # ----------------------------------------------------------------- module swapping
 def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
     parent, _, leaf = path.rpartition(".")
@@ -252,7 +173,7 @@ def _swap_one(
     if spec is None:
         return None, LayerEntry(row, t, False, _float_reason(module, recipe, name))
     if unsigned and recipe.unsigned_after_relu:
-        spec = _input_unsigned(spec)
+        spec = input_unsigned(spec)
     new = qtype.from_float(module, spec)
     return new, LayerEntry(row, t, True, spec.describe(), spec.describe(True))
 
@@ -283,64 +204,6 @@ def _swap_modules(
     return model
 
 
-def _rewrite_functional(gm: fx.GraphModule, recipe: Recipe, report: QuantizeReport) -> bool:
-    """Replace functional add / cat / relu nodes by quantized modules."""
-    nonneg = _nonnegative_nodes(gm)
-    relu_spec = recipe.spec_for("", "ReLU") if recipe.by_type else None
-    changed = False
-    for i, n in enumerate(list(gm.graph.nodes)):
-        if n.op != "call_function":
-            continue
-        module: nn.Module | None = None
-        args = n.args
-        if (
-            n.target in _ADD_FUNCS
-            and recipe.merge is not None
-            and len(args) == 2
-            and all(isinstance(a, fx.Node) for a in args)
-            and not n.kwargs
-        ):
-            spec = _input_unsigned(recipe.merge) if n in nonneg else recipe.merge
-            module, kind = QuantAdd(spec), "add"
-        elif n.target is torch.cat and recipe.merge is not None:
-            xs = args[0]
-            dim = args[1] if len(args) > 1 else n.kwargs.get("dim", 0)
-            spec = _input_unsigned(recipe.merge) if n in nonneg else recipe.merge
-            module, kind = QuantCat(spec, dim=dim, n_inputs=len(xs)), "cat"
-            args = (xs,)
-        elif n.target in _RELU_FUNCS and relu_spec is not None and not n.kwargs.get("inplace"):
-            module, kind, args = QuantReLU(spec=relu_spec), "relu", args[:1]
-        if module is None:
-            continue
-        name = f"hwquant_{kind}_{i}"
-        gm.add_submodule(name, module)
-        with gm.graph.inserting_after(n):
-            new = gm.graph.call_module(name, args)
-        n.replace_all_uses_with(new)
-        gm.graph.erase_node(n)
-        ls = module.layer_spec
-        report.entries.append(
-            LayerEntry(name, f"fn {kind}", True, ls.describe(), ls.describe(True))
-        )
-        changed = True
-    if changed:
-        gm.graph.lint()
-        gm.recompile()
-    return changed
-
-
-def _unsigned_input_modules(gm: fx.GraphModule) -> set[str]:
-    nonneg = _nonnegative_nodes(gm)
-    return {
-        n.target
-        for n in gm.graph.nodes
-        if n.op == "call_module"
-        and n.args
-        and isinstance(n.args[0], fx.Node)
-        and n.args[0] in nonneg
-    }
-
-
 def quantize(model: nn.Module, recipe: Recipe, *, inplace: bool = False) -> nn.Module:
     """Quantize ``model`` according to ``recipe``; returns the quantized model.
 
@@ -364,8 +227,14 @@ def quantize(model: nn.Module, recipe: Recipe, *, inplace: bool = False) -> nn.M
     except Exception as e:
         report.trace_error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     if gm is not None:
-        unsigned = _unsigned_input_modules(gm)
-        if _rewrite_functional(gm, recipe, report):
+        unsigned = unsigned_input_modules(gm)
+        rewrite = QuantizeFunctional(recipe)
+        gm, changed = rewrite.apply(gm)
+        for name, kind, ls in rewrite.added:
+            report.entries.append(
+                LayerEntry(name, f"fn {kind}", True, ls.describe(), ls.describe(True))
+            )
+        if changed:
             model = gm
     model = _swap_modules(model, recipe, unsigned, report)
     for path, q in quantizers(model):

@@ -141,7 +141,7 @@ def test_verify_fixed_batch_fallback_and_padding(tmp_path, monkeypatch):
     assert verify(model, path, x, backends=("qonnx",)).passed
     qcdq = to_qcdq(model, torch.zeros(4, *shape), tmp_path / "b4.qcdq.onnx")
     assert verify(model, qcdq, x, backends=("qonnx", "onnxruntime")).passed
-    monkeypatch.setattr(V, "_rebatched", lambda *a: None)  # a graph that cannot be re-batched
+    monkeypatch.setattr(V, "rebatched", lambda *a: None)  # a graph that cannot be re-batched
     calls = _count_qonnx_calls(monkeypatch)
     assert verify(model, path, x, backends=("qonnx",)).passed
     assert calls[0] == 3  # chunks of its own batch

@@ -105,7 +105,7 @@ def prepare_for_hls4ml(proto: onnx.ModelProto) -> onnx.ModelProto:
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
 
-    from hwquant.export.verify import with_batch
+    from hwquant.export.batch import with_batch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-import hwquant
 from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, emitting
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
@@ -87,7 +86,7 @@ def to_qonnx(
         dynamic_batch: make dimension 0 of every input and output symbolic
             (onnxruntime runs any batch; qonnx's ``execute_onnx`` checks inputs
             against fixed shapes: run such a file there after
-            ``hwquant.export.verify.with_batch(path, n)``, as ``verify`` does).
+            ``hwquant.export.with_batch(path, n)``, as ``verify`` does).
         recipe: stored as JSON in the metadata; by default the recipe that
             reproduces the model's layer specs (module path → LayerSpec).
 
@@ -479,7 +478,7 @@ def _stamp(
 ) -> None:
     rec = recipe if recipe is not None else recipe_of(model)
     props = {
-        "hwquant.version": hwquant.__version__,
+        "hwquant.version": _version(),
         "hwquant.recipe": serialize.dumps(rec),
         "hwquant.accumulator_bits": json.dumps(acc),
     }
@@ -489,7 +488,7 @@ def _stamp(
     for k, v in props.items():
         proto.metadata_props.add(key=k, value=v)
     proto.producer_name = "hwquant"
-    proto.producer_version = hwquant.__version__
+    proto.producer_version = _version()
 
 
 # ---------------------------------------------------------------- writing
@@ -547,3 +546,9 @@ def _running(pid: int) -> bool:
     except OSError:  # e.g. PermissionError: it runs, as another user
         return True
     return True
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("hwquant")
