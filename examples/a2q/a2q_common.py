@@ -12,10 +12,11 @@ from torch import nn
 
 import hwquant
 from hwquant.algorithms import a2q_ptq
+from hwquant.algorithms.a2q_init import ep_init, unfreeze
 from hwquant.analysis import accumulators, overflow_audit, run_integer
 from hwquant.analysis.integer_exec import weight_codes
 from hwquant.nn import QuantWeightLayer
-from hwquant.nn.a2q import a2q_penalty, check_bounds, ep_init, unfreeze
+from hwquant.nn.a2q import a2q_penalty, check_bounds
 from hwquant.spec import (
     A2Q,
     A2QPlus,

@@ -9,7 +9,7 @@ from torch import nn
 
 import hwquant
 from hwquant.algorithms import a2q_ptq
-from hwquant.nn.a2q import ep_init
+from hwquant.algorithms.a2q_init import ep_init
 from hwquant.spec import A2Q, A2QPlus, IntFormat, QuantSpec, Recipe, ScaleSpec
 
 pytest.importorskip("qonnx")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import hwquant
+from hwquant.algorithms.a2q_init import ep_init, unfreeze
 from hwquant.core.accumulator import a2q_l1_bound, a2q_plus_l1_bound
 from hwquant.nn import (
     QuantConv1d,
@@ -21,8 +22,6 @@ from hwquant.nn.a2q import (
     A2QWeightQuantizer,
     a2q_penalty,
     check_bounds,
-    ep_init,
-    unfreeze,
 )
 from hwquant.spec import (
     A2Q,

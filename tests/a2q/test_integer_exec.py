@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import hwquant
+from hwquant.algorithms.a2q_init import ep_init
 from hwquant.analysis import overflow_audit, run_integer
 from hwquant.nn import QuantLinear
-from hwquant.nn.a2q import ep_init
 from hwquant.spec import (
     A2Q,
     A2QPlus,

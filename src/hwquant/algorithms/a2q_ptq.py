@@ -29,7 +29,7 @@ overflows its P-bit accumulator. Two methods:
 
 The resulting codes are frozen into the layers' A2Q quantizers
 (:meth:`~hwquant.nn.a2q.A2QWeightQuantizer.freeze_codes`); QAT can resume from them
-after :func:`hwquant.nn.a2q.ep_init` or ``reset_weight_scale``. A bias on the
+after :func:`hwquant.algorithms.a2q_init.ep_init` or ``reset_weight_scale``. A bias on the
 accumulator scale is clipped by its layer to what fits beside the frozen codes
 (:meth:`~hwquant.nn.a2q.A2QWeightQuantizer.clip_bias`); ``ok`` counts it.
 
