@@ -292,3 +292,23 @@ def test_calibration_through_avgpool():
     expected = F.avg_pool2d(x, 2).max() / 255
     assert float(model[2].input_quant.scale()) == pytest.approx(float(expected), rel=1e-5)
     assert torch.isfinite(model(x)).all()
+
+
+def test_quantizer_state_is_a_public_value():
+    """Export and integer execution read ``state``, never private slots."""
+    from hwquant.spec import A8, W4
+
+    layer = QuantLinear(4, 2, spec=LayerSpec(input=A8, weight=W4))
+    q = layer.input_quant
+    weight_state = "static" if W4.scale.learned else "dynamic"  # learned: a parameter
+    assert q.state == "uninitialized" and layer.weight_quant.state == weight_state
+    layer(torch.randn(8, 4))
+    assert q.state == "static"
+    with hwquant.calibration(layer):
+        assert q.state == "observing"
+        layer(torch.randn(8, 4))
+    hwquant.set_quantization(layer, False)
+    assert q.state == "float" and layer.weight_quant.state == "float"
+    hwquant.set_quantization(layer, True)
+    s, z = layer.weight_quant.scale_zero_for(layer.weight)
+    assert z is None and s.shape == (2, 1) and not s.requires_grad

@@ -209,7 +209,7 @@ def bias_in_accumulator(layer: nn.Module) -> bool:
     return (
         getattr(layer, "bias", None) is not None
         and isinstance(bq, BiasQuantizer)
-        and bq._forward == bq._forward_quant
+        and bq.state != "float"
     )
 
 
@@ -301,9 +301,9 @@ class _Executor:
 
     # ------------------------------------------------------------ re-quantization
     def _requant(self, q: nn.Module, x: Any, path: str) -> Any:
-        if not isinstance(q, Quantizer) or q._forward == q._forward_float:
+        if not isinstance(q, Quantizer) or q.state == "float":
             return x
-        if q._forward in (q._forward_init, q._forward_observe):
+        if q.state in ("uninitialized", "observing"):
             raise ValueError(
                 f"{q.name or path}: quantizer has no scale yet; calibrate it or run the model "
                 "on data before integer execution"

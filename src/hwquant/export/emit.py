@@ -28,8 +28,8 @@ constants, so the exported graph holds only constant quantization parameters.
 >>> with emitting(layer) as params:  # torch.onnx.export(layer, ...) here writes Quant nodes
 ...     sorted(params), tuple(params["weight_quant"].scale.shape)
 (['input_quant', 'weight_quant'], (2, 1))
->>> layer.input_quant._forward == layer.input_quant._forward_static  # restored
-True
+>>> layer.input_quant.state  # restored
+'static'
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ __all__ = [
     "QONNX_OPSET",
     "SPEC_KEY",
     "QuantParams",
+    "check_ready",
     "emitting",
     "quant_emitter",
 ]
@@ -205,7 +206,7 @@ def _params(q: Quantizer, path: str, tensor: Tensor | None) -> QuantParams:
                     f"{path}: dynamic quantizer of a tensor export cannot see (only weights and "
                     "biases of hwquant layers may use statistics scales)"
                 )
-            s, z = q._stats(tensor)
+            s, z = q.scale_zero_for(tensor)
         else:
             s, z = q.scale(), q.zero_point()
         s = s.detach().float().clone()
@@ -216,14 +217,14 @@ def _params(q: Quantizer, path: str, tensor: Tensor | None) -> QuantParams:
     return QuantParams(path, q.spec, s, z)
 
 
-def _check_ready(q: Quantizer, path: str) -> None:
-    f = q._forward
-    if f == q._forward_init:
+def check_ready(q: Quantizer, path: str) -> None:
+    """ValueError unless ``q`` has a scale to export (not uninitialized, not calibrating)."""
+    if q.state == "uninitialized":
         raise ValueError(
             f"{path}: quantizer has no scale yet; calibrate it or run the model on data "
             "before exporting"
         )
-    if f == q._forward_observe:
+    if q.state == "observing":
         raise ValueError(f"{path}: quantizer is calibrating; call finish_calibration() first")
 
 
@@ -268,9 +269,9 @@ def _set(saved: list, obj: nn.Module, name: str, value: object) -> None:
 def _emit_quantizer(
     q: Quantizer, path: str, tensor: Tensor | None, saved: list, params: dict
 ) -> None:
-    if path in params or q._forward == q._forward_float:
+    if path in params or q.state == "float":
         return
-    _check_ready(q, path)
+    check_ready(q, path)
     p = _params(q, path, tensor)
     fn = _emitter_for(p)
     params[path] = p
@@ -286,7 +287,7 @@ def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: 
     bq = layer.bias_quant
     if isinstance(bq, Quantizer):
         _emit_quantizer(bq, pre + "bias_quant", layer.bias, saved, params)
-    elif isinstance(bq, BiasQuantizer) and bq._forward != bq._forward_float:
+    elif isinstance(bq, BiasQuantizer) and bq.state != "float":
         with torch.no_grad():
             s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
             bias = layer.accumulator_bias(s_acc).detach()  # A2Q: clipped to fit P bits

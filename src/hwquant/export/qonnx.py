@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, emitting
+from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, check_ready, emitting
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 from hwquant.spec import serialize
@@ -159,13 +159,7 @@ def check_quantizers_ready(model: nn.Module) -> None:
     for path, q in model.named_modules():
         if not isinstance(q, Quantizer):
             continue
-        if q._forward == q._forward_init:
-            raise ValueError(
-                f"{path or type(model).__name__}: quantizer has no scale yet; calibrate it "
-                "or run the model on data before exporting"
-            )
-        if q._forward == q._forward_observe:
-            raise ValueError(f"{path}: quantizer is calibrating; call finish_calibration() first")
+        check_ready(q, path or type(model).__name__)
 
 
 def warn_ignored_subnormals(model: nn.Module) -> list[str]:
@@ -179,7 +173,7 @@ def warn_ignored_subnormals(model: nn.Module) -> list[str]:
         if isinstance(q, Quantizer)
         and isinstance(q.spec.format, MinifloatFormat)
         and not q.spec.format.has_subnormal
-        and q._forward != q._forward_float
+        and q.state != "float"
     ]
     if paths:
         warnings.warn(

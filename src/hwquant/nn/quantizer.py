@@ -139,6 +139,30 @@ class Quantizer(nn.Module):
         else:
             self._forward = self._forward_init
 
+    @property
+    def state(self) -> str:
+        """What a call does now, as a value others may read: ``"float"`` (disabled),
+        ``"observing"`` (calibration), ``"uninitialized"`` (the first batch sets the
+        scale), ``"dynamic"`` (a statistics scale from each tensor) or ``"static"``
+        (the stored / learned scale)."""
+        f = self._forward
+        if f == self._forward_float:
+            return "float"
+        if f == self._forward_observe:
+            return "observing"
+        if f == self._forward_init:
+            return "uninitialized"
+        return "dynamic" if f == self._forward_dynamic else "static"
+
+    def scale_zero_for(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(scale, zero point) used to quantize ``x`` now (dynamic quantizers derive
+        them from ``x``); shaped like the scale, no gradients."""
+        with torch.no_grad():
+            if self.dynamic:
+                return self._stats(x)
+            z = self.zero_point()
+            return self.scale().detach(), None if z is None else z.detach()
+
     def scale(self) -> Tensor:
         """The current scale, shaped to broadcast against the tensor (learned scales
         carry gradients; power-of-two learned scales round log2 s straight-through)."""
@@ -410,6 +434,11 @@ class BiasQuantizer(nn.Module):
 
     def enable(self) -> None:
         self._forward = self._forward_quant
+
+    @property
+    def state(self) -> str:
+        """``"float"`` (disabled) or ``"static"`` (quantizing on the accumulator scale)."""
+        return "float" if self._forward == self._forward_float else "static"
 
     def get_extra_state(self) -> str:
         return spec_state(self.spec)
