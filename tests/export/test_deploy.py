@@ -83,7 +83,7 @@ def test_saturation_worst_case(tmp_path):
         layer.weight.uniform_(0.5, 1.0)
     x = 3 * _x((64,)).abs()
     _, rep = _qcdq(nn.Sequential(layer), (64,), tmp_path, x=x)
-    assert rep.exact and rep["onnxruntime"].max_steps == 0.0, rep
+    assert rep.exact and rep["onnxruntime"].mismatched == 0, rep
 
 
 def test_adaptive_avgpool_head_is_exact_in_a_default_session(tmp_path):
@@ -91,7 +91,7 @@ def test_adaptive_avgpool_head_is_exact_in_a_default_session(tmp_path):
     x = _x(shape)
     path = to_qcdq(model, x[:1], tmp_path / "h.onnx", dynamic_batch=True)
     rep = verify(model, path, x, backends=("onnxruntime", "onnxruntime-noopt"))
-    assert rep.exact and rep["onnxruntime"].max_abs == 0.0, rep
+    assert rep.exact and rep["onnxruntime"].mismatched == 0, rep
 
 
 def test_seven_bit_weights_keep_int8(tmp_path):
@@ -131,7 +131,7 @@ def test_fp8_keeps_the_clamp_in_front_of_its_quantizer(which, tmp_path):
     ops = [n.op_type for n in onnx.load(path).graph.node]
     assert "Relu" not in ops and "Clip" not in ops and "Max" in ops
     r = rep["onnxruntime"]
-    assert r.passed and r.max_steps == 0.0, rep
+    assert r.passed and r.mismatched == 0, rep
 
 
 # ---------------------------------------------------------------- boundary flips
@@ -235,7 +235,9 @@ def test_dynamic_batch_file_runs_in_execute_onnx_after_with_batch(tmp_path):
         warnings.simplefilter("ignore")
         y = execute_onnx(mw, {mw.graph.input[0].name: x.numpy()})[mw.graph.output[0].name]
     with torch.no_grad():
-        np.testing.assert_array_equal(y, model(x).numpy())
+        ref = model(x).numpy()
+    step = V.output_steps(onnx.load(path))[0].at(ref)  # compare codes, not float sums
+    assert (np.abs(y - ref) / step).max() < 0.5
 
 
 def test_cnn_conv_8bit_weights_default_session(tmp_path):
@@ -247,7 +249,7 @@ def test_cnn_conv_8bit_weights_default_session(tmp_path):
         conv.weight.abs_()
     x = 3 * _x((16, 5, 5), n=64).abs()
     _, rep = _qcdq(nn.Sequential(conv), (16, 5, 5), tmp_path, x=x)
-    assert rep.exact and rep["onnxruntime"].max_steps == 0.0, rep
+    assert rep.exact and rep["onnxruntime"].mismatched == 0, rep
 
 
 @pytest.mark.parametrize("conv", [False, True])

@@ -43,11 +43,9 @@ def cnn_file(tmp_path_factory):
 
 
 def _exact(r) -> bool:
-    """torch's codes, compared in output steps (float sums may differ in order); an
-    output without a step (a minifloat grid value) must match exactly."""
-    if r.max_steps is None:
-        return r.ran and r.mismatched == 0 and r.max_abs == 0.0
-    return r.mismatched == 0 and r.max_steps < 0.5  # same codes; float sums may differ
+    """torch's codes: no value off by half an output step or more (float sums may
+    differ in order on other CPUs); outputs without a step within 1e-5 relative."""
+    return r.ran and r.mismatched == 0
 
 
 def _inits(proto):

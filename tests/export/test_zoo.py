@@ -24,7 +24,7 @@ def test_qonnx_equals_torch(name, tmp_path):
     r = verify(model, path, x, backends=("qonnx",))["qonnx"]
     assert r.ran and r.passed, r
     if ZOO[name].exact:
-        assert r.max_steps == 0.0 and r.max_abs == 0.0, r
+        assert r.mismatched == 0 and r.max_steps < 0.5, r
         assert r.n_values >= N
 
 
@@ -39,7 +39,7 @@ def test_qcdq_onnxruntime_equals_torch(name, tmp_path):
         r = rep[backend]
         assert r.ran and r.passed, rep
         if ZOO[name].exact:
-            assert r.max_abs == 0.0, rep
+            assert r.mismatched == 0, rep
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "residual"])
@@ -49,8 +49,8 @@ def test_fixed_batch(name, tmp_path):
     x = _inputs(shape)
     q = to_qonnx(model, x[:100], tmp_path / "q.onnx")
     c = to_qcdq(model, x[:100], tmp_path / "c.onnx")
-    assert verify(model, q, x, backends=("qonnx",))["qonnx"].max_abs == 0.0
-    assert verify(model, c, x, backends=("onnxruntime",))["onnxruntime"].max_abs == 0.0
+    assert verify(model, q, x, backends=("qonnx",))["qonnx"].mismatched == 0
+    assert verify(model, c, x, backends=("onnxruntime",))["onnxruntime"].mismatched == 0
 
 
 def test_zoo_covers_the_layers():
