@@ -42,6 +42,7 @@ import importlib.metadata
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +56,7 @@ from hwquant.nn.describe import build_modules, describe_modules
 from hwquant.spec import serialize
 from hwquant.spec.layer_spec import Recipe
 
-__all__ = ["FILE_FORMAT", "FILE_VERSION", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FILE_FORMAT", "FILE_VERSION", "load_checkpoint", "load_data", "save_checkpoint"]
 
 FILE_FORMAT = "hwquant-model"
 FILE_VERSION = 1
@@ -168,17 +169,12 @@ def load_checkpoint(
 def _read(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ValueError(f"no checkpoint at {path}")
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # no objects by reference: just not a model file
-            raise ValueError(f"cannot load checkpoint {path}: not a hwquant model file") from None
-        raise ValueError(
-            f"{path} holds pickled Python objects, which hwquant never loads (they can run "
-            "code); save the model with hwquant.save_checkpoint"
-        ) from None
-    except Exception as e:
-        raise ValueError(f"cannot load checkpoint {path}: {_first_line(e)}") from None
+    entry = load_data(
+        path,
+        failed=f"cannot load checkpoint {path}",
+        kind="a hwquant model file",
+        advice="save the model with hwquant.save_checkpoint",
+    )
     if not isinstance(entry, dict) or entry.get("format") != FILE_FORMAT:
         raise ValueError(
             f"{path} is not a hwquant model file (save one with hwquant.save_checkpoint)"
@@ -189,6 +185,26 @@ def _read(path: str | os.PathLike) -> dict[str, Any]:
             f"(this hwquant reads version {FILE_VERSION})"
         )
     return entry
+
+
+def load_data(path: str | os.PathLike, *, failed: str, kind: str, advice: str = "") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never
+    pickled objects (they can run code). Every failure is a one-line ``ValueError``:
+    ``failed`` starts it; ``kind`` names what the file should be."""
+    try:
+        with warnings.catch_warnings():  # torch warns about the protocol of plain pickles
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # no objects by reference: just another file
+            raise ValueError(f"{failed}: not {kind}") from None
+        tail = f"; {advice}" if advice else ""
+        raise ValueError(
+            f"{path} holds pickled Python objects, which hwquant never loads (they can run "
+            f"code){tail}"
+        ) from None
+    except Exception as e:
+        raise ValueError(f"{failed}: {_first_line(e)}") from None
 
 
 def _rebuild(entry: dict[str, Any], factory: Factory | None) -> nn.Module:

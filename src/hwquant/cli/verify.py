@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hwquant.checkpoint import load_checkpoint
+from hwquant.checkpoint import load_checkpoint, load_data
 from hwquant.cli.common import add_factory_option, positive_int
 
 __all__ = ["add_parser", "run"]
@@ -69,25 +67,17 @@ def _load_inputs(path: str) -> torch.Tensor:
     """Inputs from ``.npy`` (no pickled objects) or a tensor saved with torch.save."""
     if not Path(path).is_file():
         raise ValueError(f"no inputs file at {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about the protocol of plain pickles
-            warnings.simplefilter("ignore")
-            if path.endswith(".npy"):
-                return torch.from_numpy(np.load(path, allow_pickle=False)).float()
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):
+    if path.endswith(".npy"):
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        except (OSError, ValueError, EOFError) as e:
+            first = str(e).strip().splitlines()
             raise ValueError(
-                f"cannot read inputs {path}: not a .npy file or a torch.save of a tensor"
+                f"cannot read inputs {path}: {first[0] if first else type(e).__name__}"
             ) from None
-        raise ValueError(
-            f"{path} holds pickled Python objects, which hwquant never loads (they can run code)"
-        ) from None
-    except (OSError, ValueError, RuntimeError, EOFError) as e:
-        first = str(e).strip().splitlines()
-        raise ValueError(
-            f"cannot read inputs {path}: {first[0] if first else type(e).__name__}"
-        ) from None
+    obj = load_data(
+        path, failed=f"cannot read inputs {path}", kind="a .npy file or a torch.save of a tensor"
+    )
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path} holds no tensor")
     return obj.float()
