@@ -34,6 +34,7 @@ from hwquant.spec.formats import (
     APoTFormat,
     BipolarFormat,
     Format,
+    FormatRegistry,
     IntFormat,
     MinifloatFormat,
     MSQFormat,
@@ -41,7 +42,7 @@ from hwquant.spec.formats import (
     TernaryFormat,
 )
 
-__all__ = ["Grid", "fake_quantize", "make_grid"]
+__all__ = ["GRIDS", "Grid", "fake_quantize", "make_grid"]
 
 
 @dataclass(frozen=True)
@@ -69,35 +70,51 @@ def _levels_fn(levels: tuple[float, ...]) -> Callable[[Tensor], Tensor]:
     return fn
 
 
+#: format type → grid builder ``(fmt, rounding function) -> Grid``.
+GRIDS: FormatRegistry[Callable[..., Grid]] = FormatRegistry("grid")
+
+
 def make_grid(fmt: Format, rounding: str = "half_even") -> Grid:
     """The grid of ``fmt`` with rounding ``rounding`` (a name from core.rounding)."""
-    r = get_rounding(rounding)
-    if isinstance(fmt, BipolarFormat) or (
-        isinstance(fmt, IntFormat) and fmt.bits == 1 and fmt.signed
-    ):
-        return Grid(bipolar_round, -1.0, 1.0)
-    if isinstance(fmt, IntFormat | TernaryFormat):
-        return Grid(r, fmt.min_value, fmt.max_value)
-    if isinstance(fmt, MinifloatFormat):
-        if not fmt.saturating:
-            fn = functools.partial(minifloat_quantize, fmt=fmt, rounding=r)
-            return Grid(fn, -fmt.max_value, fmt.max_value, saturating=False)
-        fn = functools.partial(
-            minifloat_round,
-            mantissa_bits=fmt.mantissa_bits,
-            min_exponent=fmt.min_exponent,
-            has_subnormal=fmt.has_subnormal,
-            rounding=r,
-        )
-        return Grid(fn, -fmt.max_value, fmt.max_value)
-    if isinstance(fmt, PowerOfTwoFormat):
-        fn = functools.partial(
-            pot_round, min_exponent=fmt.min_exponent, has_zero=fmt.has_zero, rounding=r
-        )
-        return Grid(fn, -1.0, 1.0)
-    if isinstance(fmt, APoTFormat | MSQFormat):
-        return Grid(_levels_fn(fmt.levels()), -1.0, 1.0)
-    raise ValueError(f"no grid for format {fmt!r}")
+    return GRIDS(fmt, get_rounding(rounding))
+
+
+@GRIDS.register(BipolarFormat)
+def _bipolar_grid(fmt: BipolarFormat, r: Callable) -> Grid:
+    return Grid(bipolar_round, -1.0, 1.0)
+
+
+@GRIDS.register(IntFormat, TernaryFormat)
+def _integer_grid(fmt: Format, r: Callable) -> Grid:
+    return Grid(r, fmt.min_value, fmt.max_value)
+
+
+@GRIDS.register(MinifloatFormat)
+def _minifloat_grid(fmt: MinifloatFormat, r: Callable) -> Grid:
+    if not fmt.saturating:
+        fn = functools.partial(minifloat_quantize, fmt=fmt, rounding=r)
+        return Grid(fn, -fmt.max_value, fmt.max_value, saturating=False)
+    fn = functools.partial(
+        minifloat_round,
+        mantissa_bits=fmt.mantissa_bits,
+        min_exponent=fmt.min_exponent,
+        has_subnormal=fmt.has_subnormal,
+        rounding=r,
+    )
+    return Grid(fn, -fmt.max_value, fmt.max_value)
+
+
+@GRIDS.register(PowerOfTwoFormat)
+def _pot_grid(fmt: PowerOfTwoFormat, r: Callable) -> Grid:
+    fn = functools.partial(
+        pot_round, min_exponent=fmt.min_exponent, has_zero=fmt.has_zero, rounding=r
+    )
+    return Grid(fn, -1.0, 1.0)
+
+
+@GRIDS.register(APoTFormat, MSQFormat)
+def _level_grid(fmt: Format, r: Callable) -> Grid:
+    return Grid(_levels_fn(fmt.levels()), -1.0, 1.0)
 
 
 def fake_quantize(

@@ -47,11 +47,11 @@ def check_finite(x: Tensor, what: str) -> None:
 def to_rows(x: Tensor, granularity: Granularity) -> Tensor:
     """[G, n] view: one row per scale. Per-tensor: 1 row; per-channel(axis): one row
     per index of axis; per-group: one row per (leading indices, group)."""
-    if granularity.kind == "tensor":
+    if granularity.per_tensor:
         return x.reshape(1, -1)
     shape = tuple(x.shape)
     axis = granularity.axis % x.dim()
-    if granularity.kind == "channel":
+    if not granularity.grouped:
         return x.movedim(axis, 0).reshape(shape[axis], -1)
     grouped = granularity.grouped_shape(shape)
     n_rows = 1

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -44,14 +45,27 @@ from hwquant.core.scaling import (
     to_rows,
 )
 from hwquant.spec import serialize
-from hwquant.spec.formats import BipolarFormat
 from hwquant.spec.quant_spec import QuantSpec
 
-__all__ = ["CLIP_WARN_FRACTION", "BiasQuantizer", "ClippingWarning", "Quantizer"]
+__all__ = [
+    "CLIP_WARN_FRACTION",
+    "BiasQuantizer",
+    "ClippingWarning",
+    "QuantCodes",
+    "Quantizer",
+]
 
 MAX_OBSERVED = 1 << 20  # values kept per scale row while calibrating percentile / mse
 #: An unsigned activation quantizer warns when more of its input than this is negative.
 CLIP_WARN_FRACTION = 0.1
+
+
+class QuantCodes(NamedTuple):
+    """A tensor as integer hardware holds it: x̂ = scale · (codes − zero_point)."""
+
+    codes: Tensor
+    scale: Tensor
+    zero_point: Tensor | None
 
 
 class ClippingWarning(UserWarning):
@@ -87,14 +101,14 @@ class Quantizer(nn.Module):
             raise ValueError(f"Quantizer.spec must be a QuantSpec, got {spec!r}")
         if spec.scale.method == "accumulator":
             raise ValueError("scale method 'accumulator' is for biases: use BiasQuantizer")
-        if spec.granularity.kind != "tensor" and shape is None:
+        if not spec.granularity.per_tensor and shape is None:
             raise ValueError(f"a {spec.granularity} quantizer needs the tensor shape (shape=...)")
         self.spec = spec
         self.name = name
         self.grid = make_grid(spec.format, spec.rounding)
         self.shape = tuple(shape) if shape is not None else None
         self.scale_shape = spec.granularity.scale_shape(self.shape) if self.shape else ()
-        self._grouped = spec.granularity.kind == "group"
+        self._grouped = spec.granularity.grouped
         sc = spec.scale
         self.log2 = sc.learned and (sc.log2_domain or sc.power_of_two)
         if sc.learned:
@@ -162,6 +176,37 @@ class Quantizer(nn.Module):
                 return self._stats(x)
             z = self.zero_point()
             return self.scale().detach(), None if z is None else z.detach()
+
+    def codes(self, x: Tensor) -> QuantCodes:
+        """``x`` as it is quantized now: (codes, scale, zero point) with
+        x̂ = scale · (codes − zero point). ``codes`` has x's shape and holds grid
+        values (the integer codes for formats with ``integer_codes``); scale and
+        zero point broadcast against x (grouped scales are expanded to x's shape).
+        No gradients. A disabled, calibrating or uninitialized quantizer has no
+        codes: ValueError.
+
+        >>> from hwquant.spec import W4
+        >>> w = torch.tensor([[0.3, -1.0, 0.26]])
+        >>> c = Quantizer.for_weight(W4, w).codes(w)
+        >>> c.codes.tolist(), round(float(c.scale), 4), c.zero_point
+        ([[2.0, -7.0, 2.0]], 0.1429, None)
+        """
+        if self.state in ("float", "observing", "uninitialized"):
+            raise ValueError(
+                f"quantizer {self.name!r} is {self.state}: it has no codes yet "
+                "(enable it, finish calibration or run one batch first)"
+            )
+        s, z = self.scale_zero_for(x)
+        with torch.no_grad():
+            v = x.detach().reshape(self._group_view) if self._grouped else x.detach()
+            v = v / s if z is None else v / s + z
+            g = self.grid
+            c = g.fn(v.clamp(g.lo, g.hi) if g.saturating else v)
+            if self._grouped:
+                c = c.reshape(x.shape)
+                s = s.expand(self._group_view).reshape(x.shape)
+                z = None if z is None else z.expand(self._group_view).reshape(x.shape)
+        return QuantCodes(c, s, z)
 
     def scale(self) -> Tensor:
         """The current scale, shaped to broadcast against the tensor (learned scales
@@ -253,7 +298,7 @@ class Quantizer(nn.Module):
         z = None
         if self.spec.zero_point != "symmetric":
             s, z = scale_zero_from_minmax(rows.amin(1), rows.amax(1), g.lo, g.hi)
-        elif isinstance(self.spec.format, BipolarFormat):
+        elif self.spec.format.is_bipolar:
             s = rows.abs().mean(1)
         elif sc.method == "percentile":
             s = percentile_rows(rows, sc.percentile, signed) / g.hi

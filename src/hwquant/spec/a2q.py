@@ -88,7 +88,7 @@ class A2Q(QuantSpec):
         fmt = self.format
         if not isinstance(fmt, IntFormat) or not fmt.signed or fmt.bits < 2:
             raise ValueError(f"{name}.format must be a signed IntFormat of ≥ 2 bits, got {fmt!r}")
-        if self.granularity.kind != "channel":
+        if self.granularity.per_tensor or self.granularity.grouped:
             raise ValueError(
                 f"{name}.granularity must be per-channel (the bound is per output channel), "
                 f"got {self.granularity}"

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 __all__ = [
     "FORMAT_TYPES",
@@ -31,9 +32,11 @@ __all__ = [
     "FP8_E4M3FNUZ",
     "FP8_E5M2",
     "FP8_E5M2FNUZ",
+    "ONNX_FLOAT8",
     "APoTFormat",
     "BipolarFormat",
     "Format",
+    "FormatRegistry",
     "IntFormat",
     "MSQFormat",
     "MinifloatFormat",
@@ -72,9 +75,99 @@ class Format:
         """True when the grid is the integers in [min_value, max_value]."""
         return False
 
+    @property
+    def integer_codes(self) -> bool:
+        """True when every grid value is an integer (integer grids and bipolar ±1):
+        such a tensor runs on integer hardware as its codes times the scale."""
+        return self.is_integer
+
+    @property
+    def is_bipolar(self) -> bool:
+        """True when the grid is {-1, +1} (BipolarFormat, or a 1-bit signed integer)."""
+        return False
+
+    @property
+    def is_minifloat(self) -> bool:
+        """True for floating-point grids (sign, exponent, mantissa)."""
+        return False
+
+    @property
+    def narrow(self) -> bool:
+        """True when the most negative code is left out (symmetric signed range)."""
+        return False
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """(smallest, largest) integer code; only for formats with integer codes.
+
+        >>> TernaryFormat().code_range, BipolarFormat().code_range
+        ((-1, 1), (-1, 1))
+        """
+        if not self.integer_codes:
+            raise ValueError(f"{self.name} has no integer codes (its grid is not integers)")
+        return int(self.min_value), int(self.max_value)
+
+    def canonical(self) -> Format:
+        """The format registries dispatch on: the same grid, stated the one way
+        (a 1-bit signed IntFormat is BipolarFormat)."""
+        return self
+
     def levels(self) -> tuple[float, ...]:
         """All representable grid values, ascending (small formats only)."""
         raise ValueError(f"{self} has too many codes to enumerate its levels")
+
+
+T = TypeVar("T")
+
+
+class FormatRegistry(Generic[T]):
+    """Behaviour keyed by format type, filled by decorators beside the code that
+    implements it (the grid in core/grid.py, QONNX emission and QCDQ lowering in
+    export/ops/, MAC cost in analysis/cost/, hls4ml precision in export/hls4ml.py).
+
+    Lookup dispatches on ``fmt.canonical()`` and walks the class hierarchy, so a
+    subclass inherits its parent's entry; a format nobody registered is a
+    ``ValueError`` that names the format and what was looked for.
+
+    >>> describe = FormatRegistry[str]("description")
+    >>> @describe.register(IntFormat, TernaryFormat)
+    ... def _(fmt): return f"{fmt.bits}-bit integer"
+    >>> describe(TernaryFormat())
+    '2-bit integer'
+    >>> describe(MSQFormat(4))
+    Traceback (most recent call last):
+    ...
+    ValueError: no description for format MSQ4 (MSQFormat); registered: IntFormat, TernaryFormat
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.entries: dict[type[Format], T] = {}
+
+    def register(self, *types: type[Format]) -> Callable[[T], T]:
+        def add(entry: T) -> T:
+            for t in types:
+                self.entries[t] = entry
+            return entry
+
+        return add
+
+    def get(self, fmt: Format) -> T:
+        """The entry for ``fmt`` (its canonical form's class or nearest base)."""
+        for cls in type(fmt.canonical()).__mro__:
+            if cls in self.entries:
+                return self.entries[cls]
+        known = ", ".join(sorted(t.__name__ for t in self.entries))
+        raise ValueError(
+            f"no {self.what} for format {fmt.name} ({type(fmt).__name__}); registered: {known}"
+        )
+
+    def __contains__(self, fmt: Format) -> bool:
+        return any(cls in self.entries for cls in type(fmt.canonical()).__mro__)
+
+    def __call__(self, fmt: Format, *args, **kwargs):
+        """Call the entry (a function) with the canonical format first."""
+        return self.get(fmt)(fmt.canonical(), *args, **kwargs)  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -104,6 +197,21 @@ class IntFormat(Format):
     @property
     def is_integer(self) -> bool:
         return self.bits > 1 or not self.signed
+
+    @property
+    def integer_codes(self) -> bool:
+        return True
+
+    @property
+    def is_bipolar(self) -> bool:
+        return self.bits == 1 and self.signed
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        return self.min_int, self.max_int
+
+    def canonical(self) -> Format:
+        return BipolarFormat() if self.is_bipolar else self
 
     @property
     def min_int(self) -> int:
@@ -237,6 +345,10 @@ class MinifloatFormat(Format):
         return 1 + self.exponent_bits + self.mantissa_bits
 
     @property
+    def is_minifloat(self) -> bool:
+        return True
+
+    @property
     def signed(self) -> bool:
         return True
 
@@ -258,6 +370,15 @@ class MinifloatFormat(Format):
         if e == 0:
             return 2.0 ** (1 - self.bias) * m / 2**self.mantissa_bits
         return 2.0 ** (e - self.bias) * (1 + m / 2**self.mantissa_bits)
+
+    @property
+    def onnx_float8(self) -> str | None:
+        """The ONNX float8 element type this format is (``"FLOAT8E4M3FN"``, …), or None.
+
+        >>> FP8_E4M3FN.onnx_float8, FP8_E4M3.onnx_float8
+        ('FLOAT8E4M3FN', None)
+        """
+        return ONNX_FLOAT8.get(self)
 
     @property
     def min_normal(self) -> float:
@@ -467,6 +588,14 @@ class BipolarFormat(Format):
         return 1
 
     @property
+    def integer_codes(self) -> bool:
+        return True
+
+    @property
+    def is_bipolar(self) -> bool:
+        return True
+
+    @property
     def signed(self) -> bool:
         return True
 
@@ -505,6 +634,10 @@ class TernaryFormat(Format):
         return True
 
     @property
+    def narrow(self) -> bool:
+        return True
+
+    @property
     def max_value(self) -> float:
         return 1.0
 
@@ -525,6 +658,14 @@ FP8_E5M2FNUZ = MinifloatFormat(5, 2, bias=16, has_nan=True, nan_is_negative_zero
 FP6_E3M2 = MinifloatFormat(3, 2)  # max 28
 FP6_E2M3 = MinifloatFormat(2, 3)  # max 7.5
 FP4_E2M1 = MinifloatFormat(2, 1)  # max 6
+
+#: The ONNX float8 element types (subnormals, saturating casts), by the format each is.
+ONNX_FLOAT8: dict[Format, str] = {
+    FP8_E4M3FN: "FLOAT8E4M3FN",
+    FP8_E4M3FNUZ: "FLOAT8E4M3FNUZ",
+    FP8_E5M2: "FLOAT8E5M2",
+    FP8_E5M2FNUZ: "FLOAT8E5M2FNUZ",
+}
 
 FORMAT_TYPES: dict[str, type[Format]] = {
     cls.kind: cls

@@ -96,11 +96,11 @@ class LayerSpec:
                 raise ValueError(
                     "LayerSpec.bias on the accumulator scale needs both input and weight quantizers"
                 )
-            if self.input.granularity.kind != "tensor":
+            if not self.input.granularity.per_tensor:
                 raise ValueError(
                     "LayerSpec.bias on the accumulator scale needs a per-tensor input scale"
                 )
-            if self.weight.granularity.kind == "group":
+            if self.weight.granularity.grouped:
                 raise ValueError(
                     "LayerSpec.bias on the accumulator scale cannot use per-group weights"
                 )
@@ -203,11 +203,9 @@ class Recipe:
         on the accumulator scale when inputs are quantized per tensor, else float)."""
         _check_uniform_args(weights, activations, bias, activation_outputs, keep_float, by_name)
         if bias == "accumulator":
-            per_tensor_in = activations is not None and activations.granularity.kind == "tensor"
+            per_tensor_in = activations is not None and activations.granularity.per_tensor
             bias = (
-                accumulator_bias(32)
-                if per_tensor_in and weights.granularity.kind != "group"
-                else None
+                accumulator_bias(32) if per_tensor_in and not weights.granularity.grouped else None
             )
         layer = LayerSpec(input=activations, weight=weights, bias=bias)
         act = LayerSpec(input=activations)

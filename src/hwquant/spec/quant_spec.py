@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from hwquant.spec.formats import (
     FP4_E2M1,
     FP8_E4M3,
     FP8_E4M3FN,
     FP8_E5M2,
-    BipolarFormat,
     Format,
     IntFormat,
-    MinifloatFormat,
 )
 
 __all__ = [
@@ -42,6 +41,9 @@ __all__ = [
     "W4",
     "W8",
     "Granularity",
+    "PerChannel",
+    "PerGroup",
+    "PerTensor",
     "QuantSpec",
     "ScaleSpec",
     "per_channel",
@@ -77,38 +79,120 @@ def _is_number(value: object) -> bool:
 
 @dataclass(frozen=True)
 class Granularity:
-    """How scales are shared: one per tensor, per channel along ``axis``, or per
-    group of ``group_size`` consecutive elements along ``axis`` (and per index of
-    every axis before it, e.g. per output channel and input group for weights)."""
+    """How scales are shared: one per tensor (:class:`PerTensor`), per channel along
+    ``axis`` (:class:`PerChannel`), or per group of ``group_size`` consecutive
+    elements along ``axis`` and per index of every axis before it
+    (:class:`PerGroup`, e.g. per output channel and input group for weights).
+
+    ``Granularity(kind, axis, group_size)`` builds the class ``kind`` names (the
+    serialized form); code asks the value (``per_tensor``, ``grouped``,
+    ``scale_shape``) instead of comparing ``kind`` strings.
+
+    >>> type(Granularity("channel", axis=1)).__name__, per_group(32).grouped
+    ('PerChannel', True)
+    """
 
     kind: str = "tensor"
     axis: int = 0
     group_size: int | None = None
 
+    def __new__(cls, kind: str = "tensor", *args, **kwargs):
+        if cls is Granularity:
+            _one_of("Granularity", "kind", kind, tuple(_GRANULARITIES))
+            cls = _GRANULARITIES[kind]
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
-        _one_of("Granularity", "kind", self.kind, ("tensor", "channel", "group"))
+        _one_of("Granularity", "kind", self.kind, (self._kind,))
         if isinstance(self.axis, bool) or not isinstance(self.axis, int):
             raise ValueError(f"Granularity.axis must be an int, got {self.axis!r}")
-        if self.kind == "group":
-            gs = self.group_size
-            if isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0:
-                raise ValueError(f"Granularity.group_size must be a positive int, got {gs!r}")
-        elif self.group_size is not None:
+        if self.group_size is not None and not self.grouped:
             raise ValueError("Granularity.group_size is only used with kind='group'")
+
+    _kind: ClassVar[str] = "tensor"
+
+    @property
+    def per_tensor(self) -> bool:
+        """One scale for the whole tensor."""
+        return False
+
+    @property
+    def grouped(self) -> bool:
+        """Scales per group of elements along ``axis`` (the tensor is viewed grouped)."""
+        return False
 
     def scale_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the scale tensor for a tensor of ``shape`` (broadcastable; for
         groups, broadcastable against the grouped view, see ``grouped_shape``)."""
-        if self.kind == "tensor":
-            return ()
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    def grouped_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """View of ``shape`` with ``axis`` split into (n_groups, group_size)."""
+        raise ValueError(f"a {self} granularity has no groups")
+
+    def _axis(self, shape: tuple[int, ...]) -> int:
+        if not -len(shape) <= self.axis < len(shape):
+            raise ValueError(f"Granularity.axis={self.axis} is out of range for shape {shape}")
+        return self.axis % len(shape)
+
+
+@dataclass(frozen=True)
+class PerTensor(Granularity):
+    """One scale for the whole tensor."""
+
+    kind: str = "tensor"
+    _kind: ClassVar[str] = "tensor"
+
+    @property
+    def per_tensor(self) -> bool:
+        return True
+
+    def scale_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return ()
+
+    def __str__(self) -> str:
+        return "per-tensor"
+
+
+@dataclass(frozen=True)
+class PerChannel(Granularity):
+    """One scale per index of ``axis``."""
+
+    kind: str = "channel"
+    _kind: ClassVar[str] = "channel"
+
+    def scale_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         axis = self._axis(shape)
-        if self.kind == "channel":
-            return tuple(n if i == axis else 1 for i, n in enumerate(shape))
+        return tuple(n if i == axis else 1 for i, n in enumerate(shape))
+
+    def __str__(self) -> str:
+        return f"per-channel({self.axis})"
+
+
+@dataclass(frozen=True)
+class PerGroup(Granularity):
+    """One scale per ``group_size`` consecutive elements along ``axis`` (and per
+    index of every axis before it)."""
+
+    kind: str = "group"
+    _kind: ClassVar[str] = "group"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        gs = self.group_size
+        if isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0:
+            raise ValueError(f"Granularity.group_size must be a positive int, got {gs!r}")
+
+    @property
+    def grouped(self) -> bool:
+        return True
+
+    def scale_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        axis = self._axis(shape)
         grouped = self.grouped_shape(shape)
         return grouped[: axis + 1] + (1,) * (len(grouped) - axis - 1)
 
     def grouped_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """View of ``shape`` with ``axis`` split into (n_groups, group_size)."""
         axis = self._axis(shape)
         n, g = shape[axis], self.group_size
         if g is None or n % g:
@@ -117,30 +201,27 @@ class Granularity:
             )
         return (*shape[:axis], n // g, g, *shape[axis + 1 :])
 
-    def _axis(self, shape: tuple[int, ...]) -> int:
-        if not -len(shape) <= self.axis < len(shape):
-            raise ValueError(f"Granularity.axis={self.axis} is out of range for shape {shape}")
-        return self.axis % len(shape)
-
     def __str__(self) -> str:
-        if self.kind == "tensor":
-            return "per-tensor"
-        if self.kind == "channel":
-            return f"per-channel({self.axis})"
         return f"per-group({self.group_size}, axis {self.axis})"
 
 
-PER_TENSOR = Granularity("tensor")
+_GRANULARITIES: dict[str, type[Granularity]] = {
+    "tensor": PerTensor,
+    "channel": PerChannel,
+    "group": PerGroup,
+}
+
+PER_TENSOR = PerTensor()
 
 
 def per_channel(axis: int = 0) -> Granularity:
     """One scale per index of ``axis`` (0 = output channels of a weight)."""
-    return Granularity("channel", axis=axis)
+    return PerChannel(axis=axis)
 
 
 def per_group(group_size: int, axis: int = 1) -> Granularity:
     """One scale per ``group_size`` consecutive elements along ``axis``."""
-    return Granularity("group", axis=axis, group_size=group_size)
+    return PerGroup(axis=axis, group_size=group_size)
 
 
 @dataclass(frozen=True)
@@ -221,10 +302,7 @@ class QuantSpec:
             raise ValueError(
                 f"QuantSpec.zero_point={self.zero_point!r} needs an IntFormat, got {self.format.name}"
             )
-        bipolar = isinstance(self.format, BipolarFormat) or (
-            isinstance(self.format, IntFormat) and self.format.bits == 1 and self.format.signed
-        )
-        if bipolar and self.zero_point != "symmetric":
+        if self.format.is_bipolar and self.zero_point != "symmetric":
             raise ValueError(
                 f"QuantSpec.zero_point must be 'symmetric' for bipolar formats (±1, as a "
                 f"signed 1-bit IntFormat is), got {self.zero_point!r}"
@@ -274,4 +352,4 @@ A_FP4_E2M1 = QuantSpec(FP4_E2M1, PER_TENSOR, ScaleSpec("max", learned=True))
 
 
 def is_minifloat(spec: QuantSpec) -> bool:
-    return isinstance(spec.format, MinifloatFormat)
+    return spec.format.is_minifloat

@@ -45,12 +45,14 @@ for _cls in (*FORMAT_TYPES.values(), Granularity, ScaleSpec, QuantSpec, LayerSpe
 
 def _encode(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        if type(obj).__name__ not in _TYPES:
+        # Granularities keep one serialized type; ``kind`` names the class.
+        name = "Granularity" if isinstance(obj, Granularity) else type(obj).__name__
+        if name not in _TYPES:
             raise ValueError(
-                f"{type(obj).__name__} is not a registered spec type: decorate it with "
+                f"{name} is not a registered spec type: decorate it with "
                 "hwquant.spec.serialize.serializable"
             )
-        d: dict[str, Any] = {"type": type(obj).__name__}
+        d: dict[str, Any] = {"type": name}
         for f in dataclasses.fields(obj):
             d[f.name] = _encode(getattr(obj, f.name))
         return d
