@@ -1,1 +1,21 @@
-"""Algorithms that change models: one file per method, ``apply(model, data, config) -> Report``."""
+"""Algorithms that change models: one file per method, a frozen ``Config`` dataclass and
+``apply(model, data, config) -> Report``, registered by name (:mod:`.common`).
+
+>>> from hwquant.algorithms import get, names
+>>> names()
+('a2q_ep_init', 'a2q_ptq', 'fold_bn')
+"""
+
+from hwquant.algorithms import a2q_init, a2q_ptq, fold_bn
+from hwquant.algorithms.common import Algorithm, config_from, get, names, register
+
+__all__ = [
+    "Algorithm",
+    "a2q_init",
+    "a2q_ptq",
+    "config_from",
+    "fold_bn",
+    "get",
+    "names",
+    "register",
+]

@@ -12,12 +12,36 @@ PTQ codes for QAT (after :mod:`hwquant.algorithms.a2q_ptq`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from hwquant.algorithms.common import register
 from hwquant.nn.a2q import a2q_layers
 
-__all__ = ["ep_init", "unfreeze"]
+__all__ = ["EPInitConfig", "EPInitReport", "apply", "ep_init", "unfreeze"]
+
+
+@dataclass(frozen=True)
+class EPInitConfig:
+    """No options: the projection is defined by each layer's A2Q spec."""
+
+
+@dataclass
+class EPInitReport:
+    layers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers}
+
+
+@register("a2q_ep_init", EPInitConfig, needs_data=False)
+def apply(model: nn.Module, data=None, config: EPInitConfig | None = None) -> EPInitReport:
+    """Euclidean-projection init of every A2Q / A2Q+ layer from its float weights (no data).
+
+    ``data`` and ``config`` are unused (the signature every algorithm shares)."""
+    return EPInitReport(ep_init(model))
 
 
 @torch.no_grad()

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hwquant.algorithms.common import batches, captured_inputs, eval_mode, register
 from hwquant.api import calibration
 from hwquant.core.accumulator import soft_threshold_for_l1
 from hwquant.nn.a2q import A2QWeightQuantizer, a2q_layers, accumulator_bias_codes
@@ -212,17 +213,6 @@ def _thresholds(
 
 
 # ---------------------------------------------------------------- per-layer driver
-def _batches(data: Any, limit: int) -> list[Tensor]:
-    if isinstance(data, Tensor):
-        return [data]
-    out = []
-    for b in data:
-        out.append(b[0] if isinstance(b, tuple | list) else b)
-        if len(out) >= limit:
-            break
-    return out
-
-
 def _patches(layer: nn.Module, x: Tensor) -> Tensor:
     """Layer input → [n, K] rows matching the weight's [C, K] rows."""
     if isinstance(layer, QuantLinear):
@@ -254,18 +244,14 @@ def _hessian(model: nn.Module, layer: nn.Module, batches: list[Tensor]) -> Tenso
     K = layer.weight[0].numel()
     H = torch.zeros(K, K, dtype=torch.float64)
 
-    def hook(mod: nn.Module, args: tuple) -> None:
+    def hook(mod: nn.Module, x: Tensor) -> None:
         with torch.no_grad():
-            X = _patches(mod, mod.input_quant(args[0])).double()
+            X = _patches(mod, mod.input_quant(x)).double()
             H.add_(X.T @ X)
 
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        handle.remove()
+    with captured_inputs(layer, hook), torch.no_grad():
+        for x in batches:
+            model(x)
     return H
 
 
@@ -281,27 +267,22 @@ def _rel_error(H: Tensor, W: Tensor, What: Tensor) -> float:
     return float(num / den.clamp(min=1e-300))
 
 
+@register("a2q_ptq", A2QPTQConfig, needs_data=True)
 def apply(model: nn.Module, data: Any, config: A2QPTQConfig | None = None) -> A2QPTQReport:
-    """Give every A2Q / A2Q+ layer of ``model`` budget-respecting integer weights
-    (in place). ``data``: a tensor of inputs or an iterable of batches ((x, y) or x).
+    """Give every A2Q / A2Q+ layer budget-respecting integer weights (EP-init or L1-constrained GPTQ).
+
+    In place. ``data``: a tensor of inputs or an iterable of batches ((x, y) or x).
     Returns an :class:`A2QPTQReport` (``ok``: every channel within its budget)."""
     config = config or A2QPTQConfig()
-    batches = _batches(data, config.max_batches)
-    if not batches:
-        raise ValueError("a2q_ptq.apply needs calibration data (got no batches)")
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    xs = batches(data, config.max_batches, what="a2q_ptq.apply calibration data")
+    with eval_mode(model):
         if config.calibrate:
             with calibration(model):
-                for x in batches:
+                for x in xs:
                     model(x)
         report = A2QPTQReport()
         for name, layer, wq in list(a2q_layers(model)):
-            report.layers.append(_apply_layer(model, name, layer, wq, batches, config))
-    finally:
-        for m, t in was:
-            m.training = t
+            report.layers.append(_apply_layer(model, name, layer, wq, xs, config))
     return report
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from hwquant.algorithms.common import register
 from hwquant.nn.layer import QuantWeightLayer
 
 __all__ = ["FoldBNConfig", "FoldBNReport", "apply", "fold_pair"]
@@ -116,8 +117,9 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+@register("fold_bn", FoldBNConfig, needs_data=False)
 def apply(model: nn.Module, data=None, config: FoldBNConfig | None = None) -> FoldBNReport:
-    """Fold every (conv/linear → BatchNorm) pair of ``model`` in place.
+    """Fold every (conv/linear → BatchNorm) pair into the layer (in place; running statistics).
 
     The model should be in eval mode semantics: the running statistics are used.
     ``data`` is unused (the signature is shared by all algorithms)."""
