@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -125,6 +126,7 @@ class Quantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(sc.method == "fixed"))
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
         self.role = "activation"  # "weight" for quantizers made by for_weight
+        self.fixed = False  # fix_scale: an algorithm chose the scale (kept in state dicts)
         self._observed: list[Tensor] = []
         self._negatives = [0, 0]  # (count < 0, count) seen while calibrating, as tensors
         #: Fraction of the input below an unsigned range (clipped to 0) when the scale
@@ -236,6 +238,36 @@ class Quantizer(nn.Module):
             with torch.no_grad():
                 return self._stats(x)[0]
         return self.scale()
+
+    @torch.no_grad()
+    def fix_scale(self, scale: Tensor, zero_point: Tensor | None = None) -> None:
+        """Quantize with ``scale`` (and ``zero_point``) from now on: a weight quantizer
+        with a statistics scale stops re-deriving it from each tensor, so the codes a
+        PTQ algorithm chose stay the codes. Kept in state dicts (and model files).
+
+        >>> from hwquant.spec import QuantSpec, IntFormat, per_channel
+        >>> w = torch.tensor([[1.0, 0.5], [2.0, -1.0]])
+        >>> q = Quantizer.for_weight(QuantSpec(IntFormat(4), per_channel(0)), w)
+        >>> q.fix_scale(torch.tensor([[0.25], [0.5]]))
+        >>> q.state, q(w * 0.5).tolist()
+        ('static', [[0.5, 0.25], [1.0, -0.5]])
+        """
+        s = torch.as_tensor(scale, dtype=torch.float32).detach()
+        if s.numel() != max(1, math.prod(self.scale_shape)) or not bool(
+            (torch.isfinite(s) & (s > 0)).all()
+        ):
+            raise ValueError(
+                f"quantizer {self.name!r}: fix_scale needs {self.scale_shape or 'one'} positive "
+                f"finite scale(s), got shape {tuple(s.shape)}"
+            )
+        if (zero_point is not None) != (self.spec.zero_point != "symmetric"):
+            raise ValueError(
+                f"quantizer {self.name!r} has zero point {self.spec.zero_point!r}: "
+                f"{'a' if zero_point is None else 'no'} zero_point is needed"
+            )
+        z = None if zero_point is None else torch.as_tensor(zero_point).reshape(self.scale_shape)
+        self.fixed, self.dynamic = True, False
+        self._store(s.reshape(self.scale_shape), z)
 
     def init_from(self, x: Tensor) -> None:
         """Set the scale (and zero point) from the statistics of ``x``."""
@@ -391,11 +423,15 @@ class Quantizer(nn.Module):
     def _forward_float(self, x: Tensor) -> Tensor:
         return x
 
-    def get_extra_state(self) -> str:
+    def get_extra_state(self) -> str | dict:
+        if self.fixed:  # the scale an algorithm fixed is part of the state
+            return {"spec": spec_state(self.spec), "fixed_scale": True}
         return spec_state(self.spec)
 
-    def set_extra_state(self, state: str) -> None:
-        pass  # checked against this quantizer's spec before loading (check_spec_state)
+    def set_extra_state(self, state: str | dict) -> None:
+        # The spec was checked against this quantizer's before loading (check_spec_state).
+        if isinstance(state, dict) and state.get("fixed_scale") is True:
+            self.fixed, self.dynamic = True, False
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         # A float checkpoint carries no quantizer entries: keep this quantizer's
@@ -425,6 +461,8 @@ def check_spec_state(spec: QuantSpec, state_dict, prefix: str) -> None:
     """Refuse a state dict whose quantizer at ``prefix`` was built from another spec:
     its scales and codes would mean something else here."""
     saved = state_dict.get(prefix + _SPEC_KEY)
+    if isinstance(saved, dict):  # a fixed scale rides along with the spec
+        saved = saved.get("spec")
     if saved is None:
         return  # float checkpoints and state dicts from before specs rode along
     theirs = serialize.loads(saved) if isinstance(saved, str) else None
