@@ -22,3 +22,8 @@ def test_qat_step_benchmark_smoke():
     assert b.cnn()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     fq = b.fake_quant_throughput(n=1 << 12, reps=1)
     assert fq["int4_vs_clone"] > 0
+
+
+def test_ptq_benchmark_smoke():
+    out = _load("ptq").run(size=64, rows=128)
+    assert out["gptq_seconds"] > 0 and out["gptq_rel_error"] < out["rtn_rel_error"]

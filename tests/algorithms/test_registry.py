@@ -19,7 +19,7 @@ from hwquant.spec import A2Q, A8U, IntFormat, Recipe
 
 
 def test_every_algorithm_module_is_registered_with_a_config_and_report():
-    assert names() == ("a2q_ep_init", "a2q_ptq", "fold_bn")
+    assert names() == ("a2q_ep_init", "a2q_ptq", "fold_bn", "gptq")
     for name in names():
         algo = get(name)
         assert algo.summary, name

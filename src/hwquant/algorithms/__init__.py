@@ -3,10 +3,10 @@
 
 >>> from hwquant.algorithms import get, names
 >>> names()
-('a2q_ep_init', 'a2q_ptq', 'fold_bn')
+('a2q_ep_init', 'a2q_ptq', 'fold_bn', 'gptq')
 """
 
-from hwquant.algorithms import a2q_init, a2q_ptq, fold_bn
+from hwquant.algorithms import a2q_init, a2q_ptq, fold_bn, gptq
 from hwquant.algorithms.common import Algorithm, config_from, get, names, register
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "config_from",
     "fold_bn",
     "get",
+    "gptq",
     "names",
     "register",
 ]

@@ -52,15 +52,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hwquant.algorithms.common import batches, captured_inputs, eval_mode, register
+from hwquant.algorithms.common import batches, eval_mode, register
+from hwquant.algorithms.gptq import gptq_rows, hessian, output_error
 from hwquant.api import calibration
 from hwquant.core.accumulator import soft_threshold_for_l1
 from hwquant.nn.a2q import A2QWeightQuantizer, a2q_layers, accumulator_bias_codes
-from hwquant.nn.conv import QuantConv1d, QuantConv2d
-from hwquant.nn.linear import QuantLinear
 
 __all__ = ["METHODS", "A2QPTQConfig", "A2QPTQReport", "LayerResult", "apply", "constrained_gptq"]
 
@@ -163,37 +161,32 @@ def constrained_gptq(
     >>> constrained_gptq(W, H, torch.tensor([0.1]), 7, 10, 10, True).tolist()
     [[5.0, -5.0, 0.0, 0.0]]
     """
-    W = W.double().clone()
-    H = H.double().clone()
-    C, K = W.shape
-    s = s.double().reshape(C, 1)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(K)
-    W, H = W[:, perm], H[perm][:, perm]
-    H += torch.eye(K, dtype=H.dtype) * damp * torch.diag(H).mean()
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    theta_pos, theta_neg = _thresholds(W / s, budget_pos, budget_neg, shared, soft_threshold)
-    left_pos = torch.full((C,), float(budget_pos), dtype=W.dtype)
-    left_neg = torch.full((C,), float(budget_neg), dtype=W.dtype)
-    Q = torch.zeros_like(W)
-    for i in range(K):
-        v = W[:, i] / s[:, 0]
+    C = W.shape[0]
+    s = s.double().reshape(C)
+    theta_pos, theta_neg = _thresholds(
+        W.double() / s.unsqueeze(1), budget_pos, budget_neg, shared, soft_threshold
+    )
+    left_pos = torch.full((C,), float(budget_pos), dtype=torch.float64)
+    left_neg = torch.full((C,), float(budget_neg), dtype=torch.float64)
+
+    def column(w: Tensor, j: int) -> Tensor:
+        """Shrink by θ, round, then clip to what is left of each channel's budget."""
+        nonlocal left_pos, left_neg
+        v = w / s
         v = torch.where(v > 0, (v - theta_pos).clamp(min=0), (v + theta_neg).clamp(max=0))
         q = torch.round(v)
         q = torch.minimum(q, left_pos.clamp(max=q_max))
         q = torch.maximum(q, -left_neg.clamp(max=q_max))
         if shared:
-            left_pos -= q.abs()
+            left_pos = left_pos - q.abs()
             left_neg = left_pos
         else:
-            left_pos -= q.clamp(min=0)
-            left_neg -= (-q).clamp(min=0)
-        Q[:, i] = q
-        err = (W[:, i] - s[:, 0] * q) / U[i, i]
-        W[:, i + 1 :] -= err.unsqueeze(1) * U[i, i + 1 :].unsqueeze(0)
-    return Q[:, torch.argsort(perm)]
+            left_pos = left_pos - q.clamp(min=0)
+            left_neg = left_neg - (-q).clamp(min=0)
+        return q * s
+
+    What = gptq_rows(W, H, column, damp=damp, act_order=act_order)
+    return torch.round(What / s.unsqueeze(1))
 
 
 def _thresholds(
@@ -213,58 +206,17 @@ def _thresholds(
 
 
 # ---------------------------------------------------------------- per-layer driver
-def _patches(layer: nn.Module, x: Tensor) -> Tensor:
-    """Layer input → [n, K] rows matching the weight's [C, K] rows."""
-    if isinstance(layer, QuantLinear):
-        return x.reshape(-1, x.shape[-1])
-    if x.dim() == 3:  # conv1d as conv2d over a 1-row image
-        x = x.unsqueeze(2)
-        k, st = (1, *layer.kernel_size), (1, *layer.stride)
-        pad, dil = (0, *layer.padding), (1, *layer.dilation)
-    else:
-        k, st, pad, dil = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-    cols = F.unfold(x, k, dilation=dil, padding=pad, stride=st)  # [B, K, L]
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
 def _gptq_supported(layer: nn.Module) -> str:
-    if isinstance(layer, QuantLinear):
-        return ""
-    if isinstance(layer, QuantConv1d | QuantConv2d):
-        if layer.groups != 1:
-            return "grouped convolution: EP-init used"
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            return "padding mode / string padding: EP-init used"
-        return ""
-    return f"{type(layer).__name__}: EP-init used"
-
-
-def _hessian(model: nn.Module, layer: nn.Module, batches: list[Tensor]) -> Tensor:
-    """H = Σ x xᵀ over the layer's quantized inputs (hooks removed in ``finally``)."""
-    K = layer.weight[0].numel()
-    H = torch.zeros(K, K, dtype=torch.float64)
-
-    def hook(mod: nn.Module, x: Tensor) -> None:
-        with torch.no_grad():
-            X = _patches(mod, mod.input_quant(x)).double()
-            H.add_(X.T @ X)
-
-    with captured_inputs(layer, hook), torch.no_grad():
-        for x in batches:
-            model(x)
-    return H
+    if getattr(layer, "transposed", False):
+        return "transposed convolution: EP-init used"
+    if getattr(layer, "groups", 1) != 1:
+        return "grouped convolution: EP-init used"
+    return ""
 
 
 def _result(name: str, method: str, layer: nn.Module, wq: A2QWeightQuantizer) -> LayerResult:
     c = wq.check(layer.weight, accumulator_bias_codes(layer))  # the bias counted too
     return LayerResult(name, method, c.bound, c.l1_max, c.half_max, c.sparsity, c.ok)
-
-
-def _rel_error(H: Tensor, W: Tensor, What: Tensor) -> float:
-    D = (W - What).double()
-    num = torch.einsum("ck,kl,cl->", D, H, D)
-    den = torch.einsum("ck,kl,cl->", W.double(), H, W.double())
-    return float(num / den.clamp(min=1e-300))
 
 
 @register("a2q_ptq", A2QPTQConfig, needs_data=True)
@@ -301,7 +253,7 @@ def _apply_layer(
         res = _result(name, "ep", layer, wq)
         res.note = why
         return res
-    H = _hessian(model, layer, batches)
+    H = hessian(model, layer, batches)[0]  # groups = 1
     W = layer.weight.detach().reshape(layer.weight.shape[0], -1)
     s_max = (W.abs().amax(1) / wq.grid.hi).clamp(min=1e-12)
     bpos, bneg, shared = _budgets(wq)
@@ -322,7 +274,7 @@ def _apply_layer(
             act_order=config.act_order,
             soft_threshold=config.soft_threshold,
         )
-        err = _rel_error(H, W, Q * s.double().unsqueeze(1))
+        err = output_error(H[None], W[None], (Q * s.double().unsqueeze(1))[None])
         if best is None or err < best[0]:
             best = (err, Q, s)
     err, Q, s = best

@@ -12,19 +12,21 @@ An algorithm is one file under ``algorithms/`` with a frozen ``Config`` dataclas
     >>> get("gptqq")
     Traceback (most recent call last):
     ...
-    ValueError: unknown algorithm 'gptqq'; known: a2q_ep_init, a2q_ptq, fold_bn
+    ValueError: unknown algorithm 'gptqq'; known: a2q_ep_init, a2q_ptq, fold_bn, gptq
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -32,10 +34,13 @@ __all__ = [
     "batches",
     "captured_inputs",
     "config_from",
+    "conv_equivalent_weight",
     "eval_mode",
     "get",
+    "input_rows",
     "names",
     "register",
+    "weight_from_equivalent",
 ]
 
 
@@ -177,3 +182,89 @@ def captured_inputs(layer: nn.Module, on_input: Callable[[nn.Module, Tensor], No
         yield
     finally:
         handle.remove()
+
+
+# ---------------------------------------------------------------- a weight layer as a matmul
+def conv_equivalent_weight(layer: nn.Module, w: Tensor | None = None) -> Tensor:
+    """The weight (or ``w``, any tensor in the weight's layout, e.g. its scales) as an
+    ordinary (non-transposed) convolution / linear weight [C_out, C_in / groups, *k]:
+    a transposed convolution is a convolution over the zero-stuffed input with the
+    kernel flipped and its channel axes swapped."""
+    w = layer.weight if w is None else w
+    if not getattr(layer, "transposed", False):
+        return w
+    g = layer.groups
+    cin, cout_g, *k = w.shape
+    w = w.reshape(g, cin // g, cout_g, *k).transpose(1, 2).reshape(g * cout_g, cin // g, *k)
+    return w.flip(list(range(2, w.dim())))
+
+
+def weight_from_equivalent(layer: nn.Module, w_eq: Tensor) -> Tensor:
+    """Inverse of :func:`conv_equivalent_weight`: back to ``layer.weight``'s layout."""
+    if not getattr(layer, "transposed", False):
+        return w_eq.reshape(layer.weight.shape)
+    g = layer.groups
+    cin, cout_g, *k = layer.weight.shape
+    w = w_eq.reshape(g * cout_g, cin // g, *k).flip(list(range(2, 2 + len(k))))
+    return w.reshape(g, cout_g, cin // g, *k).transpose(1, 2).reshape(layer.weight.shape)
+
+
+def input_rows(layer: nn.Module, x: Tensor) -> Tensor:
+    """The layer's input as rows [groups, n, K] matching ``conv_equivalent_weight``'s
+    rows [C_out, K] per group, so that the output is rows @ weight_rowsᵀ (+ bias) —
+    the X of GPTQ / AdaRound / bias correction. Linear: one row per input vector;
+    convolutions (1d/2d/3d, grouped, any padding mode, strided, dilated) and
+    transposed convolutions: one row per output pixel (im2col)."""
+    if layer.weight.dim() == 2:  # linear: the last dimension is the dot product
+        return x.reshape(1, -1, x.shape[-1])
+    nd = x.dim() - 2
+    k, d = layer.kernel_size, layer.dilation
+    if getattr(layer, "transposed", False):
+        x, stride, pads, mode = _stuffed(layer, x), (1,) * nd, None, "zeros"
+        pads = [
+            p
+            for i in reversed(range(nd))
+            for p in (
+                d[i] * (k[i] - 1) - layer.padding[i],
+                d[i] * (k[i] - 1) - layer.padding[i] + layer.output_padding[i],
+            )
+        ]
+        if any(p < 0 for p in pads):
+            raise ValueError(f"{type(layer).__name__}: padding larger than the kernel reach")
+    else:
+        stride, pads, mode = layer.stride, _conv_pads(layer, nd), layer.padding_mode
+    if any(pads):
+        x = F.pad(x, pads, mode="constant" if mode == "zeros" else mode)
+    for i in range(nd):  # window dims are appended at the end
+        x = x.unfold(2 + i, (k[i] - 1) * d[i] + 1, stride[i])[..., :: d[i]]
+    c = x.shape[1]
+    x = x.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))  # [B, L..., C, k...]
+    g = layer.groups
+    rows = x.reshape(-1, g, c // g * math.prod(k))
+    return rows.transpose(0, 1)
+
+
+def _conv_pads(layer: nn.Module, nd: int) -> list[int]:
+    """F.pad's list (last dimension first) for a convolution's ``padding``."""
+    p = layer.padding
+    if p == "valid":
+        return [0] * (2 * nd)
+    if p == "same":  # torch puts the odd element on the right
+        out = []
+        for i in reversed(range(nd)):
+            total = layer.dilation[i] * (layer.kernel_size[i] - 1)
+            out += [total // 2, total - total // 2]
+        return out
+    return [v for i in reversed(range(nd)) for v in (p[i], p[i])]
+
+
+def _stuffed(layer: nn.Module, x: Tensor) -> Tensor:
+    """x with stride − 1 zeros between neighbours along every spatial dimension."""
+    nd = x.dim() - 2
+    s = layer.stride
+    if all(v == 1 for v in s):
+        return x
+    shape = [*x.shape[:2], *((n - 1) * s[i] + 1 for i, n in enumerate(x.shape[2:]))]
+    out = x.new_zeros(shape)
+    out[(slice(None), slice(None), *(slice(None, None, s[i]) for i in range(nd)))] = x
+    return out

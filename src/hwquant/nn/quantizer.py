@@ -125,6 +125,7 @@ class Quantizer(nn.Module):
             self.register_buffer("zero_buf", torch.zeros(self.scale_shape))
         self.register_buffer("initialized", torch.tensor(sc.method == "fixed"))
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
+        self.built_dynamic = self.dynamic
         self.role = "activation"  # "weight" for quantizers made by for_weight
         self.fixed = False  # fix_scale: an algorithm chose the scale (kept in state dicts)
         self._observed: list[Tensor] = []
@@ -442,7 +443,8 @@ class Quantizer(nn.Module):
             _forgive_missing_spec(prefix, args)
 
     def extra_repr(self) -> str:
-        return self.spec.describe() + (" dynamic" if self.dynamic else "")
+        # How it was built (a fixed scale is state, kept in the state dict).
+        return self.spec.describe() + (" dynamic" if self.built_dynamic else "")
 
 
 def _after_load(module: Quantizer, incompatible_keys) -> None:
