@@ -19,7 +19,17 @@ from hwquant.spec import A2Q, A8U, IntFormat, Recipe
 
 
 def test_every_algorithm_module_is_registered_with_a_config_and_report():
-    assert names() == ("a2q_ep_init", "a2q_ptq", "fold_bn", "gptq")
+    import importlib
+    import pkgutil
+
+    import hwquant.algorithms as pkg
+
+    assert {"a2q_ep_init", "a2q_ptq", "fold_bn", "gptq"} <= set(names())
+    for info in pkgutil.iter_modules(pkg.__path__):  # each algorithm file registers itself
+        module = importlib.import_module(f"hwquant.algorithms.{info.name}")
+        if hasattr(module, "apply"):
+            assert any(get(n).apply is module.apply for n in names()), info.name
+            assert hasattr(pkg, info.name), f"hwquant.algorithms does not import {info.name}"
     for name in names():
         algo = get(name)
         assert algo.summary, name

@@ -2,7 +2,7 @@
 ``apply(model, data, config) -> Report``, registered by name (:mod:`.common`).
 
 >>> from hwquant.algorithms import get, names
->>> names()
+>>> names()[:4]
 ('a2q_ep_init', 'a2q_ptq', 'fold_bn', 'gptq')
 """
 

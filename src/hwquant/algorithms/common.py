@@ -9,10 +9,10 @@ An algorithm is one file under ``algorithms/`` with a frozen ``Config`` dataclas
     >>> algo = get("fold_bn")
     >>> algo.config_type.__name__, algo.needs_data
     ('FoldBNConfig', False)
-    >>> get("gptqq")
+    >>> get("gptqq")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown algorithm 'gptqq'; known: a2q_ep_init, a2q_ptq, fold_bn, gptq
+    ValueError: unknown algorithm 'gptqq'; known: a2q_ep_init, a2q_ptq, fold_bn, gptq...
 """
 
 from __future__ import annotations
