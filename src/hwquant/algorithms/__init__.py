@@ -7,7 +7,7 @@
 """
 
 from hwquant.algorithms import a2q_init, a2q_ptq, fold_bn, gptq
-from hwquant.algorithms.common import Algorithm, config_from, get, names, register
+from hwquant.algorithms.common import Algorithm, config_from, get, names, pipeline, register
 
 __all__ = [
     "Algorithm",
@@ -18,5 +18,6 @@ __all__ = [
     "get",
     "gptq",
     "names",
+    "pipeline",
     "register",
 ]

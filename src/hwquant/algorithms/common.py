@@ -39,6 +39,7 @@ __all__ = [
     "get",
     "input_rows",
     "names",
+    "pipeline",
     "register",
     "weight_from_equivalent",
 ]
@@ -268,3 +269,28 @@ def _stuffed(layer: nn.Module, x: Tensor) -> Tensor:
     out = x.new_zeros(shape)
     out[(slice(None), slice(None), *(slice(None, None, s[i]) for i in range(nd)))] = x
     return out
+
+
+def pipeline(model: nn.Module, data: Any, steps: list) -> list[tuple[str, Any]]:
+    """Run algorithms in order: each step is a name or ``(name, config)`` (a config
+    instance or a mapping of its fields). Every name and config is checked before the
+    first step runs. Returns ``[(name, report), ...]``.
+
+    >>> from torch import nn
+    >>> m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval()
+    >>> [name for name, _ in pipeline(m, None, ["fold_bn"])]
+    ['fold_bn']
+    >>> pipeline(m, None, [("gptq", {"damp": 2.0})])
+    Traceback (most recent call last):
+    ...
+    ValueError: GPTQConfig.damp must be in [0, 1), got 2.0
+    """
+    plan = []
+    for step in steps:
+        name, config = (step, None) if isinstance(step, str) else step
+        algo = get(name)
+        plan.append((algo, config_from(algo.config_type, config)))
+    if data is None and any(algo.needs_data for algo, _ in plan):
+        needing = [algo.name for algo, _ in plan if algo.needs_data]
+        raise ValueError(f"{', '.join(needing)} need calibration data")
+    return [(algo.name, algo.run(model, data, config)) for algo, config in plan]

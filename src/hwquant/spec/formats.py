@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
@@ -42,6 +43,7 @@ __all__ = [
     "MinifloatFormat",
     "PowerOfTwoFormat",
     "TernaryFormat",
+    "parse_format",
 ]
 
 MAX_LEVELS = 4096  # formats with more codes than this do not enumerate their levels
@@ -684,3 +686,63 @@ FORMAT_TYPES: dict[str, type[Format]] = {
 def check_positive_finite(name: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+_PRESETS = {
+    "FP8_E4M3": FP8_E4M3,
+    "FP8_E4M3FN": FP8_E4M3FN,
+    "FP8_E5M2": FP8_E5M2,
+    "FP8_E4M3FNUZ": FP8_E4M3FNUZ,
+    "FP8_E5M2FNUZ": FP8_E5M2FNUZ,
+    "FP6_E3M2": FP6_E3M2,
+    "FP6_E2M3": FP6_E2M3,
+    "FP4_E2M1": FP4_E2M1,
+}
+_FORMS = (
+    "int4, uint8, int8n (narrow), bipolar, ternary, pot4, pot4z (with zero), apot4, msq4, "
+    "a preset (" + ", ".join(_PRESETS) + ") or a minifloat e2m1 / fp6_e3m2 / e4m3fn "
+    "(nan code) / e4m3fnuz, optionally with b<bias>, _nosub, _nosat"
+)
+
+
+def parse_format(text: str) -> Format:
+    """A format from its short name (the command line's and the sweep's spelling).
+
+    FP8 presets keep their OCP meaning (``fp8_e5m2`` has inf and nan); any other
+    ``eXmY`` has no reserved codes (``fn``: the all-ones code is nan).
+
+    >>> parse_format("int4n"), parse_format("UINT8").name, parse_format("e2m1").name
+    (IntFormat(bits=4, signed=True, narrow=True), 'UINT8', 'FP4_E2M1')
+    >>> parse_format("fp8_e4m3fn") is FP8_E4M3FN, parse_format("e3m2_nosub").has_subnormal
+    (True, False)
+    >>> parse_format("int")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown format 'int': use int4, uint8, int8n (narrow), bipolar, ternary, pot4, pot4z (with zero), apot4, msq4, a preset (FP8_E4M3, FP8_E4M3FN, FP8_E5M2, FP8_E4M3FNUZ, FP8_E5M2FNUZ, FP6_E3M2, FP6_E2M3, FP4_E2M1) or a minifloat e2m1 / fp6_e3m2 / e4m3fn (nan code) / e4m3fnuz, optionally with b<bias>, _nosub, _nosat
+    """
+    t = text.strip().lower() if isinstance(text, str) else ""
+    if t.upper() in _PRESETS:
+        return _PRESETS[t.upper()]
+    if t in ("bipolar", "ternary"):
+        return BipolarFormat() if t == "bipolar" else TernaryFormat()
+    if m := re.fullmatch(r"(u?)int(\d+)(n?)", t):
+        return IntFormat(int(m[2]), signed=not m[1], narrow=bool(m[3]))
+    if m := re.fullmatch(r"(pot|apot|msq)(\d+)(z?)", t):
+        cls = {"pot": PowerOfTwoFormat, "apot": APoTFormat, "msq": MSQFormat}[m[1]]
+        if m[3] and cls is not PowerOfTwoFormat:
+            raise ValueError(f"unknown format {text!r}: only pot takes the z (zero) suffix")
+        return cls(int(m[2]), has_zero=True) if m[3] else cls(int(m[2]))
+    if m := re.fullmatch(r"(?:fp(\d+)_)?e(\d)m(\d+)(fnuz|fn)?(?:b(-?\d+))?(_nosub)?(_nosat)?", t):
+        e, mant = int(m[2]), int(m[3])
+        if m[1] and int(m[1]) != 1 + e + mant:
+            raise ValueError(f"format {text!r}: fp{m[1]} is not 1 + {e} + {mant} bits")
+        return MinifloatFormat(
+            e,
+            mant,
+            bias=None if m[5] is None else int(m[5]),
+            has_nan=bool(m[4]),
+            nan_is_negative_zero=m[4] == "fnuz",
+            has_subnormal=not m[6],
+            saturating=not m[7],
+        )
+    raise ValueError(f"unknown format {text!r}: use {_FORMS}")
