@@ -126,6 +126,6 @@ def test_bad_data_and_config_fail_before_any_work():
     before = m[0].weight.clone()
     with pytest.raises(ValueError, match="NaN"):
         gptq.apply(m, torch.full((4, 24), float("nan")))
-    with pytest.raises(ValueError, match="GPTQConfig.damp"):
+    with pytest.raises(ValueError, match=r"GPTQConfig\.damp"):
         gptq.GPTQConfig(damp=1.5)
     assert torch.equal(m[0].weight, before)

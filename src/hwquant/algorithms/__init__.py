@@ -3,16 +3,18 @@
 
 >>> from hwquant.algorithms import get, names
 >>> names()[:4]
-('a2q_ep_init', 'a2q_ptq', 'fold_bn', 'gptq')
+('a2q_ep_init', 'a2q_ptq', 'adaround', 'bias_correction')
 """
 
-from hwquant.algorithms import a2q_init, a2q_ptq, fold_bn, gptq
+from hwquant.algorithms import a2q_init, a2q_ptq, adaround, bias_correction, fold_bn, gptq
 from hwquant.algorithms.common import Algorithm, config_from, get, names, pipeline, register
 
 __all__ = [
     "Algorithm",
     "a2q_init",
     "a2q_ptq",
+    "adaround",
+    "bias_correction",
     "config_from",
     "fold_bn",
     "get",
