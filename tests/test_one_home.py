@@ -8,8 +8,9 @@ Run ``python tests/test_one_home.py`` to print them with every occurrence.
   behaviour lives in the format or in a ``FormatRegistry`` keyed by its type;
 - layer isinstance: the same naming a torch.nn or hwquant.nn layer class outside
   nn/: layer-kind knowledge lives in the layer-kind registry (``hwquant.nn.kinds``);
-- private reads: ``obj._name`` with ``obj`` not ``self`` / ``cls`` outside nn/
-  (reads of torch's / argparse's private names are counted on their own);
+- private reads: ``obj._name`` with ``obj`` not ``self`` / ``cls`` outside nn/, for
+  names the module does not define itself (reads of torch's / argparse's private
+  names are counted on their own);
 - layer lists: literal tuples / lists / sets / dicts naming two or more layer
   classes (as classes or as class-name strings) anywhere in the package, except
   ``__all__``.
@@ -28,11 +29,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "hwquant"
 
 # Ceilings: lower them when a change removes occurrences; never raise them.
 CEILINGS = {
-    "format isinstance": 28,
-    "layer isinstance": 28,
+    "format isinstance": 3,
+    "layer isinstance": 6,
     "private reads": 0,
-    "third-party private reads": 13,
-    "layer lists": 13,
+    "third-party private reads": 9,
+    "layer lists": 4,
 }
 
 _GENERIC = {"Module", "Sequential", "ModuleList", "ModuleDict", "Parameter", "Identity"}
@@ -87,11 +88,20 @@ def _files():
 
 def occurrences() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {k: [] for k in CEILINGS}
-    for path, rel, tree in _files():
+    for _path, rel, tree in _files():
         in_nn = rel.startswith("nn/")
         # ONNX op types share names with torch classes (Flatten, Sigmoid): string
         # lists in modules that read ONNX graphs name ops, not layers.
         onnx_names = rel.startswith("export/") or rel == "analysis/cost/onnx_reader.py"
+        # Private names this module defines itself (methods of its own classes, its
+        # own self._x state) are module-internal, not reads of another module's state.
+        own = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)} | {
+            n.attr
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "self"
+        }
         skip = {
             id(n.value)
             for n in ast.walk(tree)
@@ -117,6 +127,7 @@ def occurrences() -> dict[str, list[str]]:
                 and not node.attr.startswith("__")
                 and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
                 and not in_nn
+                and node.attr not in own
             ):
                 outside = _root(node.value) in THIRD_PARTY
                 found["third-party private reads" if outside else "private reads"].append(

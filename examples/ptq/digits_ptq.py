@@ -78,7 +78,11 @@ def point(base, fmt, algorithms: list[str], data, calib, granularity) -> dict:
     x = data.test.dataset.tensors[0]
     with torch.no_grad():
         sqnr = sqnr_db(base(x), m(x))
-    return {"accuracy": evaluate(m, data.test), "sqnr_db": sqnr, "seconds": time.perf_counter() - t0}
+    return {
+        "accuracy": evaluate(m, data.test),
+        "sqnr_db": sqnr,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:

@@ -38,10 +38,9 @@ from hwquant.graph import QuantizeFunctional, input_unsigned, unsigned_input_mod
 from hwquant.nn import (
     QUANT_TYPES,
     BiasQuantizer,
-    QuantAvgPool2d,
     Quantizer,
-    QuantLayer,
 )
+from hwquant.nn.kinds import is_batch_norm, is_quantized, kind_of
 from hwquant.spec.layer_spec import Recipe
 
 __all__ = [
@@ -142,7 +141,7 @@ def _float_reason(module: nn.Module, recipe: Recipe, name: str) -> str:
         return "kept float by the recipe"
     if type(module) in QUANT_TYPES:
         return "float: not in the recipe"
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if is_batch_norm(module):
         return "float: fold it with hwquant.algorithms.fold_bn"
     if any(True for _ in module.parameters(recurse=False)):
         return f"unsupported: no quantized {t} yet, stays float"
@@ -153,7 +152,7 @@ def _own_parameters_reason(module: nn.Module) -> str | None:
     """Why a float container's own parameters (not its children's) stay float, e.g.
     ``nn.MultiheadAttention.in_proj_weight``; None when it holds none."""
     own = [n for n, _ in module.named_parameters(recurse=False)]
-    if not own or isinstance(module, QuantLayer | Quantizer | BiasQuantizer):
+    if not own or is_quantized(module) or isinstance(module, Quantizer | BiasQuantizer):
         return None
     t = type(module).__name__
     return (
@@ -314,5 +313,6 @@ def set_quantization(model: nn.Module, enabled: bool) -> None:
     """Turn every quantizer of ``model`` off (identity) or back on; integer average
     pooling becomes float average pooling while off."""
     for m in model.modules():
-        if isinstance(m, Quantizer | BiasQuantizer | QuantAvgPool2d):
+        kind = kind_of(m)
+        if isinstance(m, Quantizer | BiasQuantizer) or (kind and kind.switches and is_quantized(m)):
             m.enable() if enabled else m.disable()

@@ -28,12 +28,12 @@ from hwquant.spec import (
     A4U,
     A8,
     A2QPlus,
+    Granularity,
     IntFormat,
     LayerSpec,
     QuantSpec,
     Recipe,
     ScaleSpec,
-    per_channel,
 )
 
 W4 = IntFormat(4, narrow=True)
@@ -186,7 +186,7 @@ def test_contradicting_declaration_and_bad_input_quantizer():
     [
         ({"rounding": "half_even"}, "rounding"),
         ({"format": IntFormat(4, signed=False)}, "format"),
-        ({"granularity": per_channel(0).__class__("tensor")}, "granularity"),
+        ({"granularity": Granularity("tensor")}, "granularity"),
         ({"scale": ScaleSpec("max")}, "scale"),
         ({"input_format": "int4"}, "input_format"),
         ({"accumulator_bits": 1}, "accumulator_bits"),

@@ -6,7 +6,17 @@
 ('a2q_ep_init', 'a2q_ptq', 'adaround', 'bias_correction')
 """
 
-from hwquant.algorithms import a2q_init, a2q_ptq, adaround, bias_correction, fold_bn, gptq
+from hwquant.algorithms import (
+    a2q_init,
+    a2q_ptq,
+    adaround,
+    bias_correction,
+    calibrate,
+    equalize,
+    fold_bn,
+    gptq,
+    smoothquant,
+)
 from hwquant.algorithms.common import Algorithm, config_from, get, names, pipeline, register
 
 __all__ = [
@@ -15,11 +25,14 @@ __all__ = [
     "a2q_ptq",
     "adaround",
     "bias_correction",
+    "calibrate",
     "config_from",
+    "equalize",
     "fold_bn",
     "get",
     "gptq",
     "names",
     "pipeline",
     "register",
+    "smoothquant",
 ]

@@ -54,7 +54,7 @@ from hwquant.algorithms.gptq import gptq_layers, output_error
 from hwquant.api import calibration
 from hwquant.nn.a2q import A2QWeightQuantizer
 from hwquant.nn.quantizer import Quantizer
-from hwquant.spec.formats import Format, IntFormat, MinifloatFormat
+from hwquant.spec.formats import Format
 
 __all__ = [
     "AdaRoundConfig",
@@ -177,11 +177,11 @@ def grid_neighbours(fmt: Format, v: Tensor) -> tuple[Tensor, Tensor]:
 
 def _rule_neighbours(fmt: Format, v: Tensor) -> tuple[Tensor, Tensor]:
     """grid_neighbours without a level set: lower ≤ v ≤ upper, adjacent grid values."""
-    if isinstance(fmt, IntFormat):
+    if fmt.is_integer:
         v = v.clamp(fmt.min_value, fmt.max_value)
         lower = v.floor()
         return lower, (lower + 1).clamp(max=fmt.max_value)
-    if isinstance(fmt, MinifloatFormat):
+    if fmt.is_minifloat:
         top = fmt.max_value
         v = v.clamp(-top, top)
         a = v.abs()

@@ -31,12 +31,17 @@ import torch
 from torch import fx, nn
 
 from hwquant.algorithms.common import register
-from hwquant.nn.layer import QuantWeightLayer
+from hwquant.nn.kinds import is_batch_norm, kind_of
 
 __all__ = ["FoldBNConfig", "FoldBNReport", "apply", "fold_pair"]
 
-_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d)
-_BN = nn.modules.batchnorm._BatchNorm
+
+def foldable(module: nn.Module) -> bool:
+    """A layer BatchNorm folds into: one that accumulates dot products with a weight
+    per output channel (linear, convolutions, transposed convolutions; float or
+    quantized)."""
+    kind = kind_of(module)
+    return kind is not None and kind.accumulates and kind.has_weight
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,9 @@ class FoldBNReport:
 
 
 @torch.no_grad()
-def fold_pair(layer: nn.Module, bn: _BN) -> None:
+def fold_pair(layer: nn.Module, bn: nn.Module) -> None:
     """Fold ``bn``'s statistics into ``layer``'s weight and bias, in place."""
-    if not isinstance(layer, _FOLDABLE):
+    if not foldable(layer) or not is_batch_norm(bn):
         raise ValueError(f"cannot fold BatchNorm into {type(layer).__name__}")
     if bn.running_mean is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
@@ -66,21 +71,22 @@ def fold_pair(layer: nn.Module, bn: _BN) -> None:
     )
     beta = bn.bias if bn.affine else torch.zeros_like(k)
     w = layer.weight
-    transposed = isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d)
-    if transposed and layer.groups != 1:
+    kind = kind_of(layer)
+    if kind.transposed and layer.groups != 1:
         raise ValueError("folding into grouped transposed convolutions is not supported")
     shape = [1] * w.dim()
-    shape[1 if transposed else 0] = -1
+    shape[kind.out_axis] = -1
     w.mul_(k.reshape(shape))
     b = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
     new_bias = (b - bn.running_mean) * k + beta
-    if layer.bias is None and isinstance(layer, QuantWeightLayer):
+    quantized = kind.quant_type is not None and isinstance(layer, kind.quant_type)
+    if layer.bias is None and quantized:
         layer.add_bias(new_bias)  # quantized as its spec says (e.g. on the accumulator scale)
     elif layer.bias is None:
         layer.bias = nn.Parameter(new_bias)
     else:
         layer.bias.copy_(new_bias)
-    if isinstance(layer, QuantWeightLayer):
+    if quantized:
         layer.reset_weight_scale()
 
 
@@ -92,13 +98,13 @@ def _pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     mods = dict(gm.named_modules())
     pairs = []
     for n in gm.graph.nodes:
-        if n.op != "call_module" or not isinstance(mods[n.target], _BN):
+        if n.op != "call_module" or not is_batch_norm(mods[n.target]):
             continue
         src = n.args[0]
         if (
             isinstance(src, fx.Node)
             and src.op == "call_module"
-            and isinstance(mods[src.target], _FOLDABLE)
+            and foldable(mods[src.target])
             and len(src.users) == 1
         ):
             pairs.append((src.target, n.target))
@@ -111,7 +117,7 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
         if isinstance(m, nn.Sequential):
             kids = list(m.named_children())
             for (a, la), (b, lb) in itertools.pairwise(kids):
-                if isinstance(la, _FOLDABLE) and isinstance(lb, _BN):
+                if foldable(la) and is_batch_norm(lb):
                     prefix = f"{name}." if name else ""
                     pairs.append((prefix + a, prefix + b))
     return pairs

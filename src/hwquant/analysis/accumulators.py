@@ -49,12 +49,19 @@ import torch
 from torch import Tensor, nn
 
 from hwquant.analysis.cost import formulas
-from hwquant.analysis.integer_exec import bias_in_accumulator, run_integer, weight_codes
-from hwquant.core.accumulator import accumulate, worst_case_range
+from hwquant.analysis.integer_exec import run_integer
+from hwquant.core.accumulator import accumulate
 from hwquant.nn.a2q import A2QWeightQuantizer, accumulator_bias_codes
-from hwquant.nn.layer import QuantWeightLayer
+from hwquant.nn.codes import (
+    accumulating_layers,
+    accumulator_range,
+    bias_in_accumulator,
+    range_bits,
+    weight_code_rows,
+)
+from hwquant.nn.kinds import kind_of
 from hwquant.nn.quantizer import Quantizer
-from hwquant.spec.formats import IntFormat
+from hwquant.spec.formats import Format
 
 __all__ = [
     "AccumulatorReport",
@@ -142,50 +149,33 @@ _BIAS_TAGS = {"accumulator": "acc", "after accumulator": "after", "float": "floa
 # ---------------------------------------------------------------- layer facts
 def fan_in(layer: nn.Module) -> int:
     """K: products summed into one output value (transposed convs: at most
-    C_in/g · Π⌈k_i/s_i⌉ per output position)."""
-    if isinstance(layer, nn.Linear):
-        return layer.in_features
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        taps = math.prod(
-            math.ceil(k / s) for k, s in zip(layer.kernel_size, layer.stride, strict=True)
-        )
-        return layer.in_channels // layer.groups * taps
-    return int(layer.weight[0].numel())
+    C_in/g · Π⌈k_i/s_i⌉ per output position), from the layer's kind."""
+    kind = kind_of(layer)
+    if kind is None or kind.geometry_fn is None:
+        raise ValueError(f"{type(layer).__name__} is not a registered layer kind with MACs")
+    return kind.fan_in(layer)
 
 
-def input_format(layer: QuantWeightLayer) -> IntFormat | None:
-    """The integer format of the layer's input codes: its own symmetric per-tensor input
-    quantizer, else an A2Q declaration, else None."""
+def input_format(layer: nn.Module) -> Format | None:
+    """The format of the layer's integer input codes: its own symmetric per-tensor input
+    quantizer with integer codes, else an A2Q declaration, else None."""
     iq = layer.input_quant
     if isinstance(iq, Quantizer):
-        fmt = iq.spec.format
-        ok = isinstance(fmt, IntFormat) and iq.spec.zero_point == "symmetric"
-        return fmt if ok else None
+        spec = iq.spec
+        ok = spec.format.integer_codes and spec.zero_point == "symmetric"
+        return spec.format if ok and spec.granularity.per_tensor else None
     wq = layer.weight_quant
     return wq.input_format if isinstance(wq, A2QWeightQuantizer) else None
 
 
-def output_rows(layer: QuantWeightLayer, q: Tensor) -> Tensor:
-    """Weight codes as [C_out, K'] rows, one per output channel (transposed convs: all
-    weights that feed the channel, over every kernel tap)."""
-    if not isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        return q.reshape(q.shape[0], -1)
-    g = layer.groups  # [C_in, C_out/g, k...] → [g·C_out/g, C_in/g·k...]
-    return (
-        q.reshape(g, q.shape[0] // g, q.shape[1], -1)
-        .permute(0, 2, 1, 3)
-        .reshape(g * q.shape[1], -1)
-    )
-
-
-def _weight_bits(layer: QuantWeightLayer) -> int:
+def _weight_bits(layer: nn.Module) -> int:
     return layer.weight_quant.spec.format.bits
 
 
-def bias_placement(layer: QuantWeightLayer) -> str | None:
+def bias_placement(layer: nn.Module) -> str | None:
     """Where ``layer``'s bias is added: ``"accumulator"`` (integer, in the register),
     ``"after accumulator"`` (declared by its A2Q spec), ``"float"``, or None (no bias)."""
-    if layer.bias is None:
+    if getattr(layer, "bias", None) is None:
         return None
     if bias_in_accumulator(layer):
         return "accumulator"
@@ -196,7 +186,7 @@ def bias_placement(layer: QuantWeightLayer) -> str | None:
 
 
 def _layer_row(
-    name: str, layer: QuantWeightLayer
+    name: str, layer: nn.Module
 ) -> tuple[LayerAccumulator, Tensor | None, Tensor | None]:
     """The report row, the weight codes as output rows [C, K'] and the bias codes [C]
     preloaded into the accumulator (None when the bias is not in it)."""
@@ -206,34 +196,24 @@ def _layer_row(
         row.a2q_bits, row.a2q_kind = wq.accumulator_bits, "A2Q+" if wq.zero_centre else "A2Q"
     row.bias = bias_placement(layer)
     fmt = input_format(layer)
-    codes = weight_codes(layer)
-    if fmt is None or codes is None:
+    rows = weight_code_rows(layer)
+    acc = accumulator_range(layer) if fmt is not None else None
+    if fmt is None or rows is None or acc is None:
         row.note = "float or non-integer input" if fmt is None else "non-integer weights"
         return row, None, None
-    rows = output_rows(layer, codes[0])
     row.N, row.M, row.signed_input = fmt.bits, _weight_bits(layer), fmt.signed
     row.datatype_bits = formulas.datatype_bound_bits(row.K, row.N, row.M, fmt.signed)
     l1 = rows.abs().sum(1)
     row.l1_max = float(l1.max())
     row.l1_bits = max(formulas.weight_bound_bits(float(v), row.N, fmt.signed) for v in l1)
-    acc_min, acc_max = worst_case_range(rows, fmt.min_int, fmt.max_int)  # Σ x·q, [C]
+    acc_min, acc_max = acc  # b + Σ x·q when the bias is in the accumulator, [C]
     b = accumulator_bias_codes(layer) if row.bias in ("accumulator", "after accumulator") else None
     if b is not None:
         row.bias_codes = b.tolist()
     b_acc = b if row.bias == "accumulator" else None
-    if b_acc is not None:
-        acc_min, acc_max = acc_min + b_acc, acc_max + b_acc
     row.exact_max, row.exact_min = acc_max.tolist(), acc_min.tolist()
-    row.exact_bits = _range_bits(int(acc_min.min()), int(acc_max.max())) if len(rows) else None
+    row.exact_bits = range_bits(int(acc_min.min()), int(acc_max.max())) if len(rows) else None
     return row, rows, b_acc
-
-
-def _range_bits(acc_min: int, acc_max: int) -> int:
-    """Width holding [acc_min, acc_max] as FINN sizes it (REFERENCE.md §1):
-    UINT⌈log2(acc_max + 1)⌉ if acc_min ≥ 0, else INT⌈log2(max(−acc_min, acc_max + 1))⌉ + 1."""
-    if acc_min >= 0:
-        return max(1, math.ceil(math.log2(acc_max + 1)))
-    return math.ceil(math.log2(max(-acc_min, acc_max + 1))) + 1
 
 
 def _signed_bits(max_abs: int) -> int:
@@ -254,9 +234,8 @@ def accumulators(model: nn.Module, data: Any = None) -> AccumulatorReport:
     docstring). ``data``: a tensor of inputs or an iterable of batches ((x, y) pairs
     or tensors); the observed maxima come from exact integer execution."""
     report = AccumulatorReport()
-    for name, m in model.named_modules():
-        if isinstance(m, QuantWeightLayer):
-            report.layers.append(_layer_row(name or "<root>", m)[0])
+    for name, m, _ in accumulating_layers(model):
+        report.layers.append(_layer_row(name or "<root>", m)[0])
     if data is not None:
         seen: dict[str, int] = {}
         for x in _batches(data):
@@ -300,9 +279,7 @@ def overflow_audit(
     layers with neither or with float inputs are skipped. A bias in the accumulator is
     preloaded into the register (acc = b + Σ x·q)."""
     out = []
-    for name, m in model.named_modules():
-        if not isinstance(m, QuantWeightLayer):
-            continue
+    for name, m, _ in accumulating_layers(model):
         row, rows, b = _layer_row(name or "<root>", m)
         if isinstance(accumulator_bits, Mapping):
             bits = accumulator_bits.get(row.name, row.a2q_bits)
@@ -310,9 +287,9 @@ def overflow_audit(
             bits = accumulator_bits if accumulator_bits is not None else row.a2q_bits
         if rows is None or bits is None:
             continue
-        fmt = input_format(m)
-        x_hi = torch.where(rows > 0, fmt.max_int, fmt.min_int)  # maximizes Σ x·q
-        x_lo = torch.where(rows > 0, fmt.min_int, fmt.max_int)  # minimizes it
+        x_min, x_max = input_format(m).code_range
+        x_hi = torch.where(rows > 0, x_max, x_min)  # maximizes Σ x·q
+        x_lo = torch.where(rows > 0, x_min, x_max)  # minimizes it
         errs, over_any, worst = [], torch.zeros(len(rows), dtype=torch.bool), 0
         for x in (x_hi, x_lo):
             idx = torch.arange(len(rows))

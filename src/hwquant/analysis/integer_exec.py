@@ -57,20 +57,24 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from hwquant.core.accumulator import ACCUMULATOR_MODES, accumulate
+from hwquant.nn import codes as _codes
 from hwquant.nn.a2q import A2QWeightQuantizer, accumulator_bias_codes
+from hwquant.nn.codes import bias_in_accumulator
 from hwquant.nn.conv import QuantConv1d, QuantConv2d
+from hwquant.nn.embedding import QuantEmbedding
+from hwquant.nn.kinds import kind_of
 from hwquant.nn.layer import QuantLayer, QuantWeightLayer
 from hwquant.nn.linear import QuantLinear
 from hwquant.nn.merge import QuantAdd, QuantCat
 from hwquant.nn.pool import QuantAvgPool2d
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
-from hwquant.spec.formats import BipolarFormat, IntFormat, TernaryFormat
 
 __all__ = [
     "IntegerRun",
     "LayerStats",
     "QTensor",
     "bias_in_accumulator",
+    "integer_forward",
     "run_integer",
     "trace",
     "weight_codes",
@@ -154,8 +158,13 @@ class _Tracer(fx.Tracer):
     """hwquant layers, quantizers and merges are leaves (their forward is not traced)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        leaf = (QuantLayer, Quantizer, BiasQuantizer, QuantAdd, QuantCat)
-        return isinstance(m, leaf) or super().is_leaf_module(m, qualname)
+        kind = kind_of(m)
+        hwquant = kind is not None and isinstance(m, kind.quant_type)
+        return (
+            hwquant
+            or isinstance(m, Quantizer | BiasQuantizer)
+            or super().is_leaf_module(m, qualname)
+        )
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -170,47 +179,64 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 # ---------------------------------------------------------------- weights
-_INTEGER_GRIDS = (IntFormat, TernaryFormat, BipolarFormat)
-
-
-def weight_codes(layer: QuantWeightLayer) -> tuple[Tensor, Tensor] | None:
+def weight_codes(layer: nn.Module) -> tuple[Tensor, Tensor] | None:
     """(q, s): int64 weight codes in the weight's layout and the per-output-channel
     scale [C] (float64), or None when the weights are not on a symmetric integer grid
-    (float, minifloat, per-group or asymmetric)."""
-    wq = layer.weight_quant
-    if not isinstance(wq, Quantizer) or wq.spec.granularity.kind == "group":
-        return None
-    if not isinstance(wq.spec.format, _INTEGER_GRIDS) or wq.zero_point() is not None:
-        return None
-    with torch.no_grad():
-        s = wq.scale_for(layer.weight).detach()
-        w = layer.quant_weight().detach()
-        v = w / s
-        q = torch.round(v)
-    if v.numel() and float((v - q).abs().max()) > 1e-3:
-        return None
-    n_out = layer.weight.shape[_out_axis(layer)]
-    s = s.double().expand(w.shape).movedim(_out_axis(layer), 0).reshape(n_out, -1)[:, 0]
-    return q.long(), s.contiguous()
-
-
-def _out_axis(layer: nn.Module) -> int:
-    return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
-
-
-def bias_in_accumulator(layer: nn.Module) -> bool:
-    """Whether ``layer``'s bias is an integer in its accumulator register: it has a
-    bias on the accumulator scale (:func:`~hwquant.nn.a2q.accumulator_bias_codes`) and
-    no A2Q spec declaring it applied after the accumulator."""
+    (float, minifloat, asymmetric) or have per-group scales
+    (:func:`hwquant.nn.codes.weight_codes`)."""
     wq = getattr(layer, "weight_quant", None)
-    if isinstance(wq, A2QWeightQuantizer) and not wq.bias_in_accumulator:
-        return False
-    bq = getattr(layer, "bias_quant", None)
-    return (
-        getattr(layer, "bias", None) is not None
-        and isinstance(bq, BiasQuantizer)
-        and bq.state != "float"
-    )
+    kind = kind_of(layer)
+    if not isinstance(wq, Quantizer) or wq.spec.granularity.grouped or kind is None:
+        return None
+    wc = _codes.weight_codes(layer)
+    if wc is None:
+        return None
+    w = layer.weight
+    n_out = w.shape[kind.out_axis]
+    s = wc.scale.double().expand(w.shape).movedim(kind.out_axis, 0).reshape(n_out, -1)[:, 0]
+    return wc.codes, s.contiguous()
+
+
+# ---------------------------------------------------------------- the registry
+#: (executor, module path, module, args, kwargs) -> the value, or NotImplemented to
+#: run the module in float on dequantized values.
+IntegerForward = Callable[["_Executor", str, nn.Module, tuple, dict], Any]
+_FORWARDS: dict[type, IntegerForward] = {}
+#: (module, codes, float type) -> codes, or None: what a float op does on integer codes.
+CodeOp = Callable[[nn.Module, "QTensor", type], "QTensor | None"]
+_CODE_OPS: dict[type, CodeOp] = {}
+
+
+def integer_forward(*types: type) -> Callable[[IntegerForward], IntegerForward]:
+    """Decorator: the integer forward of modules of ``types`` (and their subclasses, the
+    nearest registered base winning)."""
+
+    def add(fn: IntegerForward) -> IntegerForward:
+        for t in types:
+            _FORWARDS[t] = fn
+        return fn
+
+    return add
+
+
+def code_op(*types: type) -> Callable[[CodeOp], CodeOp]:
+    """Decorator: ``fn`` runs torch modules of ``types`` (and the float op of quantized
+    layers whose float twin is one of them) directly on integer codes."""
+
+    def add(fn: CodeOp) -> CodeOp:
+        for t in types:
+            _CODE_OPS[t] = fn
+            _FORWARDS[t] = _torch_on_codes
+        return fn
+
+    return add
+
+
+def _nearest(table: dict[type, Any], t: type) -> Any:
+    for c in t.__mro__:
+        if c in table:
+            return table[c]
+    return None
 
 
 # ---------------------------------------------------------------- the executor
@@ -270,33 +296,22 @@ class _Executor:
 
     # ------------------------------------------------------------ modules
     def _module(self, path: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
-        x = args[0] if args else None
-        if isinstance(m, QuantLinear | QuantConv1d | QuantConv2d) and not kwargs:
-            return self._weight_layer(path, m, x)
-        if isinstance(m, QuantAvgPool2d):
-            return self._avg_pool(path, m, x)
-        if isinstance(m, QuantLayer) and not isinstance(m, QuantWeightLayer):
-            y = self._core_op(path, m, self._requant(m.input_quant, x, path), m.float_type)
-            return self._requant(m.output_quant, y, path)
         if isinstance(m, Quantizer):
-            return self._requant(m, x, path)
-        if isinstance(m, QuantAdd | QuantCat):
-            return self._merge(path, m, args)
-        if isinstance(m, QTensorOps.INTEGER_MODULES) and isinstance(x, QTensor):
-            return self._core_op(path, m, x, type(m))
-        if isinstance(m, nn.Identity | nn.Dropout) and isinstance(x, QTensor):
-            return x  # eval mode: identities
-        if isinstance(m, QTensorOps.SHAPE_MODULES) and isinstance(x, QTensor):
-            return x.map_shape(m)
+            return self._requant(m, args[0] if args else None, path)
+        fn = _nearest(_FORWARDS, type(m))
+        if fn is not None:
+            out = fn(self, path, m, args, kwargs)
+            if out is not NotImplemented:
+                return out
         return self._float(f"{path} ({type(m).__name__})", m, args, kwargs)
 
     def _core_op(self, path: str, m: nn.Module, x: Any, kind: type) -> Any:
-        """ReLU / max pooling on codes; other activations in float."""
-        if isinstance(x, QTensor) and issubclass(kind, nn.ReLU):
-            return QTensor(x.codes.clamp(min=0), x.scale)
-        pool = issubclass(kind, nn.MaxPool1d | nn.MaxPool2d)
-        if isinstance(x, QTensor) and pool and _per_channel_scale(x):
-            return QTensor(kind.forward(m, x.codes), x.scale)
+        """The float op ``kind`` (ReLU, max pooling, ...) on codes where a code op is
+        registered for it, else in float."""
+        op = _nearest(_CODE_OPS, kind) if isinstance(x, QTensor) else None
+        y = op(m, x, kind) if op is not None else None
+        if y is not None:
+            return y
         return self._float(f"{path} ({kind.__name__})", lambda t: kind.forward(m, t), (x,), {})
 
     # ------------------------------------------------------------ re-quantization
@@ -310,9 +325,10 @@ class _Executor:
             )
         fmt = q.spec.format
         if (
-            not isinstance(fmt, IntFormat | TernaryFormat)
+            not fmt.integer_codes
+            or fmt.is_bipolar
             or q.zero_point() is not None
-            or q.spec.granularity.kind == "group"
+            or q.spec.granularity.grouped
             or q.dynamic
         ):
             self._note(f"{q.name or path} ({fmt.name} quantizer, fake-quantized)")
@@ -333,12 +349,10 @@ class _Executor:
         wq = getattr(layer, "weight_quant", None)
         return wq.accumulator_bits if isinstance(wq, A2QWeightQuantizer) else None
 
-    def _weight_layer(self, path: str, m: QuantWeightLayer, x: Any) -> Any:
+    def _weight_layer(self, path: str, m: QuantWeightLayer, x: Any, linear: bool) -> Any:
         x = self._requant(m.input_quant, x, path)
         wc = weight_codes(m)
-        conv_ok = isinstance(m, QuantLinear) or (
-            m.padding_mode == "zeros" and not isinstance(m.padding, str)
-        )
+        conv_ok = linear or (m.padding_mode == "zeros" and not isinstance(m.padding, str))
         if not isinstance(x, QTensor) or x.scale.numel() != 1 or wc is None or not conv_ok:
             why = "float input" if not isinstance(x, QTensor) else "not integer"
             self._note(f"{path} ({type(m).__name__}, {why})")
@@ -348,7 +362,7 @@ class _Executor:
         inside = bias_in_accumulator(m)
         b = accumulator_bias_codes(m)  # int64 [C] on the accumulator scale, or None
         b_acc = b if inside else None  # preloaded into the P-bit register
-        if isinstance(m, QuantLinear):
+        if linear:
             acc, exact, over = self._linear(x.codes, q, bits, b_acc)
             scale_shape: tuple[int, ...] = (-1,)
         else:
@@ -436,17 +450,16 @@ class _Executor:
         y = QTensor(codes, x.scale * (2.0**m.trunc_bits / m.window))
         return self._requant(m.output_quant, y, path)
 
-    def _merge(self, path: str, m: QuantAdd | QuantCat, args: tuple) -> Any:
+    def _merge(
+        self, path: str, m: nn.Module, xs: Sequence, combine: Callable[[list[Tensor]], Tensor]
+    ) -> Any:
+        """Operands re-quantized by the shared input quantizer, their codes combined."""
         if not m.layer_spec.shared_input_scale:
-            return self._float(f"{path} ({type(m).__name__})", m, args, {})
-        xs = args[0] if isinstance(m, QuantCat) else args
+            return NotImplemented
         qs = [self._requant(m.input_quant, x, path) for x in xs]
         if not all(isinstance(v, QTensor) and v.scale.numel() == 1 for v in qs):
-            return self._float(f"{path} ({type(m).__name__})", m, args, {})
-        if isinstance(m, QuantAdd):
-            y = QTensor(qs[0].codes + qs[1].codes, qs[0].scale)
-        else:
-            y = QTensor(torch.cat([v.codes for v in qs], dim=m.dim), qs[0].scale)
+            return NotImplemented
+        y = QTensor(combine([v.codes for v in qs]), qs[0].scale)
         return self._requant(m.output_quant, y, path)
 
     # ------------------------------------------------------------ functions / methods
@@ -474,10 +487,9 @@ class _Executor:
 
 
 class QTensorOps:
-    """Ops that act on integer codes directly."""
+    """Functions and methods that act on integer codes directly (modules register
+    their integer forward with :func:`integer_forward` / :func:`code_op`)."""
 
-    INTEGER_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d)
-    SHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.PixelShuffle)
     RELU_FUNCS = (F.relu, torch.relu)
     MAXPOOL_FUNCS = (F.max_pool2d, F.max_pool1d, torch.max_pool2d)
     SHAPE_FUNCS = (
@@ -524,6 +536,91 @@ def _fetch_attr(gm: nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# ---------------------------------------------------------------- integer forwards
+@integer_forward(QuantLinear)
+def _linear_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    return NotImplemented if kwargs else ex._weight_layer(path, m, args[0], linear=True)
+
+
+@integer_forward(QuantConv1d, QuantConv2d)
+def _conv_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    return NotImplemented if kwargs else ex._weight_layer(path, m, args[0], linear=False)
+
+
+@integer_forward(QuantWeightLayer)
+def _weight_layer_in_float(ex: _Executor, path: str, m: nn.Module, args, kwargs) -> Any:
+    """Weight layers without an integer forward of their own (3d / transposed convs)."""
+    return NotImplemented
+
+
+@integer_forward(QuantLayer)
+def _activation_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:
+    """Activations and max pooling: re-quantize the input, the float twin's op on the
+    codes where it has a code op (ReLU, max pooling), re-quantize the output."""
+    x = ex._requant(m.input_quant, args[0], path)
+    y = ex._core_op(path, m, x, kind_of(m).float_type)
+    return ex._requant(m.output_quant, y, path)
+
+
+@integer_forward(QuantAvgPool2d)
+def _avg_pool_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:
+    return ex._avg_pool(path, m, args[0])
+
+
+@integer_forward(QuantAdd)
+def _add_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:
+    return ex._merge(path, m, args, lambda c: c[0] + c[1])
+
+
+@integer_forward(QuantCat)
+def _cat_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:
+    return ex._merge(path, m, args[0], lambda c: torch.cat(c, dim=m.dim))
+
+
+@integer_forward(QuantEmbedding)
+def _embedding_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:
+    """An integer lookup of the weight codes (and of their scales, per row)."""
+    wc = _codes.weight_codes(m)
+    if wc is None or kwargs:
+        return NotImplemented
+    idx = args[0]
+    codes = F.embedding(idx, wc.codes)
+    s = wc.scale.double()
+    if s.numel() > 1:
+        s = F.embedding(idx, s.expand(m.weight.shape).contiguous())
+    return ex._requant(m.output_quant, QTensor(codes, s), path)
+
+
+def _torch_on_codes(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:
+    x = args[0] if args else None
+    if kwargs or not isinstance(x, QTensor):
+        return NotImplemented
+    op = _nearest(_CODE_OPS, type(m))
+    y = op(m, x, type(m))
+    return NotImplemented if y is None else y
+
+
+@code_op(nn.ReLU)
+def _relu_codes(m: nn.Module, x: QTensor, kind: type) -> QTensor:
+    return QTensor(x.codes.clamp(min=0), x.scale)
+
+
+@code_op(nn.MaxPool1d, nn.MaxPool2d)
+def _max_pool_codes(m: nn.Module, x: QTensor, kind: type) -> QTensor | None:
+    """Max commutes with a per-tensor / per-channel scale."""
+    return QTensor(kind.forward(m, x.codes), x.scale) if _per_channel_scale(x) else None
+
+
+@code_op(nn.Identity, nn.Dropout)
+def _identity_codes(m: nn.Module, x: QTensor, kind: type) -> QTensor:
+    return x  # eval mode: identities
+
+
+@code_op(nn.Flatten, nn.Unflatten, nn.PixelShuffle)
+def _shape_codes(m: nn.Module, x: QTensor, kind: type) -> QTensor:
+    return x.map_shape(lambda t: kind.forward(m, t))
 
 
 def run_integer(

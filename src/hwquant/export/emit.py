@@ -43,12 +43,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwquant.core.rounding import QONNX_NAMES
+from hwquant.nn.kinds import is_quantized, kind_of
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.pool import QuantAvgPool2d
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 from hwquant.spec.formats import (
     BipolarFormat,
     Format,
+    FormatRegistry,
     IntFormat,
     MinifloatFormat,
     TernaryFormat,
@@ -86,31 +88,25 @@ class QuantParams:
 
 
 Emitter = Callable[[Tensor, QuantParams], Tensor]
-_EMITTERS: dict[type[Format], Emitter] = {}
+#: format type → the function writing its ONNX node(s) (a 1-bit signed IntFormat is
+#: BipolarFormat: registries dispatch on ``fmt.canonical()``).
+EMITTERS: FormatRegistry[Emitter] = FormatRegistry("QONNX emitter")
 
 
 def quant_emitter(*formats: type[Format]) -> Callable[[Emitter], Emitter]:
     """Register the function that writes the ONNX node(s) for quantizers of ``formats``."""
-
-    def register(fn: Emitter) -> Emitter:
-        for f in formats:
-            _EMITTERS[f] = fn
-        return fn
-
-    return register
+    return EMITTERS.register(*formats)
 
 
 def _emitter_for(p: QuantParams) -> Emitter:
     fmt = p.spec.format
-    if isinstance(fmt, IntFormat) and fmt.bits == 1 and fmt.signed:
-        return _emit_bipolar
-    fn = _EMITTERS.get(type(fmt))
-    if fn is None:
+    if fmt not in EMITTERS:
         raise ValueError(
             f"{p.path}: format {fmt.name} ({type(fmt).__name__}) cannot be exported: QONNX "
             f"and QCDQ have no operator for it (exportable: "
-            f"{sorted(t.__name__ for t in _EMITTERS)})"
+            f"{sorted(t.__name__ for t in EMITTERS.entries)})"
         )
+    fn = EMITTERS.get(fmt)
     if p.spec.rounding not in QONNX_NAMES:
         raise ValueError(f"{p.path}: rounding {p.spec.rounding!r} has no QONNX rounding_mode")
     return fn
@@ -152,7 +148,7 @@ def _const(v: float) -> Tensor:
 @quant_emitter(IntFormat, TernaryFormat)
 def _emit_int(x: Tensor, p: QuantParams) -> Tensor:
     fmt = p.spec.format
-    narrow = isinstance(fmt, TernaryFormat) or bool(getattr(fmt, "narrow", False))
+    narrow = fmt.narrow
     z = p.zero_point if p.zero_point is not None else _const(0.0)
     attrs = {
         "signed": int(fmt.signed),
@@ -241,11 +237,12 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
     params: dict[str, QuantParams] = {}
     try:
         for path, module in model.named_modules():
-            if isinstance(module, QuantWeightLayer):
+            kind = kind_of(module) if is_quantized(module) else None
+            if kind is not None and kind.has_weight:
                 _emit_layer_params(module, path, saved, params)
             elif isinstance(module, Quantizer):
                 _emit_quantizer(module, path, None, saved, params)
-            if isinstance(module, QuantAvgPool2d):
+            if kind is not None and kind.switches:  # integer average pooling
                 _set(saved, module, "_forward", _avgpool_emitter(module, path))
         yield params
     finally:

@@ -30,7 +30,6 @@ import contextlib
 import glob
 import json
 import logging
-import math
 import os
 import re
 import warnings
@@ -41,11 +40,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from hwquant.algorithms.common import eval_mode
 from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, check_ready, emitting
-from hwquant.nn.layer import QuantWeightLayer
-from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.nn.codes import accumulator_bits
+from hwquant.nn.quantizer import Quantizer
 from hwquant.spec import serialize
-from hwquant.spec.formats import BipolarFormat, IntFormat, MinifloatFormat, TernaryFormat
 from hwquant.spec.layer_spec import LayerSpec, Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,7 +130,8 @@ def qonnx_proto(
 
 # ---------------------------------------------------------------- checks
 def as_inputs(example_input: Inputs) -> tuple[Tensor, ...]:
-    """A tuple of float tensors (a single tensor is wrapped)."""
+    """A tuple of tensors (a single tensor is wrapped): floating-point inputs as float32,
+    integer ones (token indices of an embedding) as they are."""
     xs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
     if not xs or not all(isinstance(x, Tensor) for x in xs):
         raise ValueError(
@@ -139,19 +139,7 @@ def as_inputs(example_input: Inputs) -> tuple[Tensor, ...]:
         )
     if any(x.dim() == 0 for x in xs):
         raise ValueError("example_input needs a batch dimension (got a 0-d tensor)")
-    return tuple(x.detach().float() for x in xs)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluation mode inside the block; every module's own flag is restored."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
+    return tuple(x.detach().float() if x.is_floating_point() else x.detach() for x in xs)
 
 
 def check_quantizers_ready(model: nn.Module) -> None:
@@ -171,7 +159,7 @@ def warn_ignored_subnormals(model: nn.Module) -> list[str]:
         path or "<root>"
         for path, q in model.named_modules()
         if isinstance(q, Quantizer)
-        and isinstance(q.spec.format, MinifloatFormat)
+        and q.spec.format.is_minifloat
         and not q.spec.format.has_subnormal
         and q.state != "float"
     ]
@@ -386,85 +374,6 @@ def recipe_of(model: nn.Module) -> Recipe:
         if isinstance(getattr(m, "layer_spec", None), LayerSpec)
     ]
     return Recipe(by_name=tuple(entries))
-
-
-def _codes_range(q: nn.Module) -> tuple[float, float] | None:
-    """[min, max] of the integer codes an input quantizer produces (minus zero point)."""
-    if not isinstance(q, Quantizer) or q.spec.granularity.kind != "tensor":
-        return None
-    fmt = q.spec.format
-    if not isinstance(fmt, IntFormat | TernaryFormat | BipolarFormat):
-        return None
-    z = q.zero_point()
-    z = 0.0 if z is None else float(z.detach().reshape(-1)[0])
-    return fmt.min_value - z, fmt.max_value - z
-
-
-def _weight_codes(layer: QuantWeightLayer) -> Tensor | None:
-    """Integer weight codes as [out_channels, fan_in], or None if not an integer grid."""
-    wq = layer.weight_quant
-    if not isinstance(wq, Quantizer) or wq.zero_point() is not None:
-        return None
-    if not isinstance(wq.spec.format, IntFormat | TernaryFormat | BipolarFormat):
-        return None
-    with torch.no_grad():
-        w = layer.quant_weight()
-        s = wq.scale_for(layer.weight)
-        if wq.spec.granularity.kind == "group":
-            from hwquant.export.emit import _expand_groups
-
-            s = _expand_groups(s, wq.spec, tuple(w.shape))
-        q = torch.round(w / s)
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        g = layer.groups  # weight [I, O/g, k...] → [O, I/g · k...]
-        q = q.reshape(g, q.shape[0] // g, q.shape[1], -1).permute(0, 2, 1, 3)
-    return q.reshape(layer.out_channels if hasattr(layer, "out_channels") else q.shape[0], -1)
-
-
-def accumulator_bits(model: nn.Module) -> dict[str, int]:
-    """Per weight layer with integer input and weights: the accumulator width that
-    never overflows for these weights (FINN's worst case, REFERENCE.md §1): per
-    output channel acc_max = Σ_i q_i·(x_max if q_i > 0 else x_min) (+ bias code),
-    acc_min likewise; INT⌈log2 max(−acc_min, acc_max + 1)⌉+1, UINT if acc_min ≥ 0.
-
-    >>> import torch
-    >>> from hwquant.nn import QuantLinear
-    >>> from hwquant.spec import QuantSpec, IntFormat, ScaleSpec, LayerSpec
-    >>> fixed = ScaleSpec("fixed", value=1.0)
-    >>> spec = LayerSpec(input=QuantSpec(IntFormat(4, signed=False), scale=fixed),
-    ...                  weight=QuantSpec(IntFormat(4), scale=fixed))
-    >>> layer = QuantLinear(2, 1, bias=False, spec=spec)
-    >>> with torch.no_grad():
-    ...     _ = layer.weight.copy_(torch.tensor([[7.0, -8.0]]))
-    >>> accumulator_bits(layer)   # range [-120, 105] → 8 bits signed
-    {'<root>': 8}
-    """
-    out: dict[str, int] = {}
-    for path, layer in model.named_modules():
-        if not isinstance(layer, QuantWeightLayer):
-            continue
-        x = _codes_range(layer.input_quant)
-        q = _weight_codes(layer)
-        if x is None or q is None:
-            continue
-        lo, hi = x
-        acc_max = torch.where(q > 0, q * hi, q * lo).sum(1)
-        acc_min = torch.where(q > 0, q * lo, q * hi).sum(1)
-        wspec = getattr(layer.weight_quant, "spec", None)
-        after = not getattr(wspec, "bias_in_accumulator", True)  # declared: FINN thresholds
-        if isinstance(layer.bias_quant, BiasQuantizer) and layer.bias is not None and not after:
-            with torch.no_grad():
-                b = layer.quant_bias()
-                s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
-                bq = torch.round(b / s_acc.reshape(-1))
-            acc_max, acc_min = acc_max + bq, acc_min + bq
-        a_max, a_min = float(acc_max.max()), float(acc_min.min())
-        if a_min >= 0:
-            bits = max(1, math.ceil(math.log2(a_max + 1)))
-        else:
-            bits = math.ceil(math.log2(max(-a_min, a_max + 1))) + 1
-        out[path or "<root>"] = bits
-    return out
 
 
 def _stamp(

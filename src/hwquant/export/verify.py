@@ -66,9 +66,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hwquant.algorithms.common import eval_mode
 from hwquant.export.batch import batch_of, inferred, rebatched, with_batch
 from hwquant.export.emit import PATH_KEY, QONNX_DOMAIN
-from hwquant.export.qonnx import Inputs, as_inputs, check_example, eval_mode
+from hwquant.export.qonnx import Inputs, as_inputs, check_example
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

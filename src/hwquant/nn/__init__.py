@@ -17,7 +17,10 @@ from hwquant.nn.conv import (
     QuantConv3d,
     QuantConvTranspose1d,
     QuantConvTranspose2d,
+    QuantConvTranspose3d,
 )
+from hwquant.nn.embedding import QuantEmbedding
+from hwquant.nn.kinds import LayerKind, kind_of, kinds, weight_kinds
 from hwquant.nn.layer import QuantLayer, QuantWeightLayer
 from hwquant.nn.linear import QuantLinear
 from hwquant.nn.merge import QuantAdd, QuantCat
@@ -27,6 +30,7 @@ from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 __all__ = [
     "A2QWeightQuantizer",
     "BiasQuantizer",
+    "LayerKind",
     "QuantAct",
     "QuantAdd",
     "QuantAvgPool2d",
@@ -36,6 +40,8 @@ __all__ = [
     "QuantConv3d",
     "QuantConvTranspose1d",
     "QuantConvTranspose2d",
+    "QuantConvTranspose3d",
+    "QuantEmbedding",
     "QuantHardtanh",
     "QuantLayer",
     "QuantLinear",
@@ -46,24 +52,13 @@ __all__ = [
     "QuantTanh",
     "QuantWeightLayer",
     "Quantizer",
+    "kind_of",
+    "kinds",
+    "weight_kinds",
 ]
 
-#: float module type → quantized type (the registry ``hwquant.quantize`` uses).
+#: float module type → quantized type (the registry ``hwquant.quantize`` uses), derived
+#: from the registered layer kinds (:mod:`hwquant.nn.kinds`).
 QUANT_TYPES: dict[type[nn.Module], type[nn.Module]] = {
-    cls.float_type: cls
-    for cls in (
-        QuantLinear,
-        QuantConv1d,
-        QuantConv2d,
-        QuantConv3d,
-        QuantConvTranspose1d,
-        QuantConvTranspose2d,
-        QuantReLU,
-        QuantReLU6,
-        QuantHardtanh,
-        QuantSigmoid,
-        QuantTanh,
-        QuantMaxPool2d,
-        QuantAvgPool2d,
-    )
+    k.float_type: k.quant_type for k in kinds() if k.float_type is not None
 }

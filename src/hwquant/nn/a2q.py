@@ -54,7 +54,7 @@ Example:
     >>> wq = layer.weight_quant
     >>> wq.accumulator_bits, round(wq.l1_bound, 3)   # T = 511 / 16
     (10, 31.938)
-    >>> bool(wq.codes(layer.weight).abs().sum(1).max() <= wq.l1_bound)
+    >>> bool(wq.code_rows(layer.weight).abs().sum(1).max() <= wq.l1_bound)
     True
 """
 
@@ -74,7 +74,8 @@ from hwquant.core.accumulator import (
     worst_case_range,
 )
 from hwquant.core.scaling import EPS, check_finite
-from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.nn.kinds import kind_of
+from hwquant.nn.quantizer import BiasQuantizer, QuantCodes, Quantizer
 from hwquant.spec.a2q import A2Q
 from hwquant.spec.formats import IntFormat
 
@@ -163,7 +164,8 @@ class A2QWeightQuantizer(Quantizer):
         ``spec.input_format``; neither is a ``ValueError`` naming the layer."""
         owner = layer_label(layer)
         q = cls(spec, layer.weight, _input_format(layer, spec, owner), owner=owner)
-        q.rows_are_outputs = not isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        kind = kind_of(layer)
+        q.rows_are_outputs = kind is None or not kind.transposed
         return q
 
     # ---------------------------------------------------------------- rows
@@ -281,7 +283,7 @@ class A2QWeightQuantizer(Quantizer):
         the codes survive (A2Q+ re-centres the channels, which moves them slightly)."""
         if not bool(self.frozen):
             return v
-        q = self.codes(v).double()  # [C, K']
+        q = self.code_rows(v).double()  # [C, K']
         s = self._scale_rows().detach().double().unsqueeze(1)
         nnz = (q != 0).sum(1, keepdim=True).clamp(min=1)
         room = self.l1_bound * (1.0 - 2 * MARGIN) - q.abs().sum(1, keepdim=True)
@@ -300,7 +302,7 @@ class A2QWeightQuantizer(Quantizer):
         current codes q of ``v`` (module docstring): lo = −2^(P−1) − min Σ x·q,
         hi = 2^(P−1) − 1 − max Σ x·q."""
         fmt = self.input_format
-        y_min, y_max = worst_case_range(self.codes(v), fmt.min_int, fmt.max_int)
+        y_min, y_max = worst_case_range(self.code_rows(v), fmt.min_int, fmt.max_int)
         return bias_code_range(y_min, y_max, self.accumulator_bits)
 
     def clip_bias(self, bias: Tensor, acc_scale: Tensor, v: Tensor) -> Tensor:
@@ -325,9 +327,15 @@ class A2QWeightQuantizer(Quantizer):
         return torch.relu(torch.exp2(self.norm_param) - self.max_norm()).sum()
 
     # ---------------------------------------------------------------- inspection
+    def codes(self, v: Tensor) -> QuantCodes:
+        """The codes of the effective weight w of ``v`` (what the layer uses), in v's
+        layout, with their scale (:meth:`Quantizer.codes`; ValueError when disabled)."""
+        with torch.no_grad():
+            return super().codes(self._weight_fn(v.detach()))
+
     @torch.no_grad()
-    def codes(self, v: Tensor) -> Tensor:
-        """Integer codes q as [C, K'] rows (one per output channel), whatever the
+    def code_rows(self, v: Tensor) -> Tensor:
+        """Integer codes q as [C, K'] rows (one per quantizer channel), whatever the
         enabled state."""
         s = self.scale().detach()
         w = self.quantize(self._weight_fn(v.detach()), s, None)
@@ -338,7 +346,7 @@ class A2QWeightQuantizer(Quantizer):
         """Whether the codes of ``v`` respect the budget (see :class:`BoundCheck`), and,
         given the layer's bias codes on the accumulator scale (``bias_codes`` [C]; only
         counted when the bias is in the accumulator), whether b + Σ x·q fits P bits."""
-        q = self.codes(v).double()
+        q = self.code_rows(v).double()
         pos = q.clamp(min=0).sum(1)
         neg = (-q).clamp(min=0).sum(1)
         ok = _within_budget(q, self.l1_bound, self.zero_centre)

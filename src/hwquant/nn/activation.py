@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from hwquant.nn.kinds import layer_kind
 from hwquant.nn.layer import QuantLayer
 from hwquant.nn.quantizer import Quantizer
 from hwquant.spec.layer_spec import LayerSpec
@@ -40,14 +41,17 @@ class _QuantActivation(QuantLayer):
         return {}
 
 
+@layer_kind(role="activation")
 class QuantReLU(_QuantActivation, nn.ReLU):
     float_type = nn.ReLU
 
 
+@layer_kind(role="activation")
 class QuantReLU6(_QuantActivation, nn.ReLU6):
     float_type = nn.ReLU6
 
 
+@layer_kind(role="activation")
 class QuantHardtanh(_QuantActivation, nn.Hardtanh):
     float_type = nn.Hardtanh
 
@@ -56,9 +60,11 @@ class QuantHardtanh(_QuantActivation, nn.Hardtanh):
         return {"min_val": m.min_val, "max_val": m.max_val}
 
 
+@layer_kind(role="activation")
 class QuantSigmoid(_QuantActivation, nn.Sigmoid):
     float_type = nn.Sigmoid
 
 
+@layer_kind(role="activation")
 class QuantTanh(_QuantActivation, nn.Tanh):
     float_type = nn.Tanh

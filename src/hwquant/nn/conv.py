@@ -14,9 +14,17 @@ import dataclasses
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hwquant.nn.kinds import (
+    conv_geometry,
+    conv_matrix,
+    conv_transpose_geometry,
+    conv_transpose_matrix,
+    layer_kind,
+    transposed_rows,
+)
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.spec.layer_spec import LayerSpec
-from hwquant.spec.quant_spec import per_channel
+from hwquant.spec.quant_spec import PerChannel, per_channel
 
 __all__ = [
     "QuantConv1d",
@@ -24,6 +32,7 @@ __all__ = [
     "QuantConv3d",
     "QuantConvTranspose1d",
     "QuantConvTranspose2d",
+    "QuantConvTranspose3d",
 ]
 
 _CONV_FIELDS = (
@@ -56,14 +65,36 @@ class _QuantConvNd(QuantWeightLayer):
     float_kwargs = staticmethod(_conv_kwargs)
 
 
+_CONV = dict(
+    has_weight=True,
+    has_bias=True,
+    accumulates=True,
+    geometry_fn=conv_geometry,
+    matrix_fn=conv_matrix,
+)
+_CONV_T = dict(
+    has_weight=True,
+    has_bias=True,
+    accumulates=True,
+    out_axis=1,
+    transposed=True,
+    geometry_fn=conv_transpose_geometry,
+    matrix_fn=conv_transpose_matrix,
+    rows_fn=transposed_rows,
+)
+
+
+@layer_kind(**_CONV)
 class QuantConv1d(_QuantConvNd, nn.Conv1d):
     float_type = nn.Conv1d
 
 
+@layer_kind(**_CONV)
 class QuantConv2d(_QuantConvNd, nn.Conv2d):
     float_type = nn.Conv2d
 
 
+@layer_kind(**_CONV)
 class QuantConv3d(_QuantConvNd, nn.Conv3d):
     float_type = nn.Conv3d
 
@@ -78,7 +109,7 @@ class _QuantConvTransposeNd(QuantWeightLayer):
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         w = spec.weight
-        if w is not None and w.granularity.kind == "channel" and w.granularity.axis == 0:
+        if w is not None and isinstance(w.granularity, PerChannel) and w.granularity.axis == 0:
             w = dataclasses.replace(w, granularity=per_channel(1))
         if spec.bias is not None and spec.bias.scale.method == "accumulator" and self.groups > 1:
             raise ValueError("accumulator-scale bias is not supported on grouped transposed convs")
@@ -109,11 +140,19 @@ class _QuantConvTransposeNd(QuantWeightLayer):
         return kw
 
 
+@layer_kind(**_CONV_T)
 class QuantConvTranspose1d(_QuantConvTransposeNd, nn.ConvTranspose1d):
     float_type = nn.ConvTranspose1d
     _fn = staticmethod(F.conv_transpose1d)
 
 
+@layer_kind(**_CONV_T)
 class QuantConvTranspose2d(_QuantConvTransposeNd, nn.ConvTranspose2d):
     float_type = nn.ConvTranspose2d
     _fn = staticmethod(F.conv_transpose2d)
+
+
+@layer_kind(**_CONV_T)
+class QuantConvTranspose3d(_QuantConvTransposeNd, nn.ConvTranspose3d):
+    float_type = nn.ConvTranspose3d
+    _fn = staticmethod(F.conv_transpose3d)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from hwquant.nn.a2q import A2QWeightQuantizer
+from hwquant.nn.kinds import kind_of
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 from hwquant.spec.a2q import A2Q
 from hwquant.spec.layer_spec import LayerSpec
@@ -73,8 +74,14 @@ class QuantWeightLayer(QuantLayer):
             )
         self._setup_bias()
 
+    def _has_bias(self) -> bool:
+        """Whether this layer kind has a ``bias`` attribute (an embedding has none)."""
+        kind = kind_of(self)
+        return kind is None or kind.has_bias
+
     def _setup_bias(self) -> None:
-        bspec = self.layer_spec.bias if self.bias is not None else None
+        has = self._has_bias() and self.bias is not None
+        bspec = self.layer_spec.bias if has else None
         if bspec is None:
             self.bias_quant = nn.Identity()
             self.quant_bias = self._bias_float
@@ -88,6 +95,8 @@ class QuantWeightLayer(QuantLayer):
     def add_bias(self, bias: Tensor) -> None:
         """Give a bias-less layer a bias (e.g. from BatchNorm folding), quantized as the
         layer's LayerSpec says (an accumulator-scale integer bias, a float one, …)."""
+        if not self._has_bias():
+            raise ValueError(f"{type(self).__name__} has no bias")
         if self.bias is not None:
             raise ValueError(f"{type(self).__name__} already has a bias")
         self.bias = nn.Parameter(bias.detach().clone())
@@ -117,8 +126,9 @@ class QuantWeightLayer(QuantLayer):
     @torch.no_grad()
     def reset_weight_scale(self) -> None:
         """Re-derive learned weight / bias scales from the current parameters."""
-        for q, p in ((self.weight_quant, self.weight), (self.bias_quant, self.bias)):
-            if isinstance(q, Quantizer) and q.spec.scale.learned:
+        bias = self.bias if self._has_bias() else None
+        for q, p in ((self.weight_quant, self.weight), (self.bias_quant, bias)):
+            if isinstance(q, Quantizer) and q.spec.scale.learned and p is not None:
                 q.init_from(p)
 
     def _after_float_load(self, state_dict, prefix: str) -> None:
@@ -132,7 +142,7 @@ class QuantWeightLayer(QuantLayer):
         q = cls(**cls.float_kwargs(module), spec=spec, device=p.device, dtype=p.dtype)
         with torch.no_grad():
             q.weight.copy_(module.weight)
-            if module.bias is not None:
+            if q._has_bias() and module.bias is not None:
                 q.bias.copy_(module.bias)
         q.reset_weight_scale()
         q.train(module.training)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hwquant.nn.kinds import layer_kind, linear_geometry
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.spec.layer_spec import LayerSpec
 
 __all__ = ["QuantLinear"]
 
 
+@layer_kind(has_weight=True, has_bias=True, accumulates=True, geometry_fn=linear_geometry)
 class QuantLinear(QuantWeightLayer, nn.Linear):
     float_type = nn.Linear
 

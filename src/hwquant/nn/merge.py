@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hwquant.nn.kinds import layer_kind
 from hwquant.nn.layer import activation_quantizer
 from hwquant.spec.layer_spec import LayerSpec
 
@@ -47,6 +48,7 @@ class _QuantMerge(nn.Module):
         return [q(x) for q, x in zip(self.input_quants, xs, strict=True)]
 
 
+@layer_kind(role="merge")
 class QuantAdd(_QuantMerge):
     """out_quant(in_quant(a) + in_quant(b))."""
 
@@ -55,6 +57,7 @@ class QuantAdd(_QuantMerge):
         return self.output_quant(qa + qb)
 
 
+@layer_kind(role="merge")
 class QuantCat(_QuantMerge):
     """out_quant(cat([in_quant(x) for x in xs], dim))."""
 

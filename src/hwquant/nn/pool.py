@@ -24,14 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwquant.core.rounding import round_ste
+from hwquant.nn.kinds import layer_kind
 from hwquant.nn.layer import QuantLayer
 from hwquant.nn.quantizer import Quantizer
-from hwquant.spec.formats import IntFormat
 from hwquant.spec.layer_spec import LayerSpec
 
 __all__ = ["QuantAvgPool2d", "QuantMaxPool2d"]
 
 
+@layer_kind(role="pool")
 class QuantMaxPool2d(QuantLayer, nn.MaxPool2d):
     """Max pooling between quantizers (max commutes with monotone quantization)."""
 
@@ -48,6 +49,7 @@ class QuantMaxPool2d(QuantLayer, nn.MaxPool2d):
         )
 
 
+@layer_kind(role="pool", switches=True)
 class QuantAvgPool2d(QuantLayer, nn.AvgPool2d):
     """Average pooling as sum-then-truncate on the integer codes of its input."""
 
@@ -56,11 +58,11 @@ class QuantAvgPool2d(QuantLayer, nn.AvgPool2d):
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         inp = spec.input
-        if inp is None or not isinstance(inp.format, IntFormat) or inp.zero_point != "symmetric":
+        if inp is None or not inp.format.integer_codes or inp.zero_point != "symmetric":
             raise ValueError(
                 "QuantAvgPool2d needs a symmetric integer input quantizer (LayerSpec.input)"
             )
-        if inp.granularity.kind != "tensor":
+        if not inp.granularity.per_tensor:
             raise ValueError("QuantAvgPool2d needs a per-tensor input scale")
         if self.divisor_override is not None:
             raise ValueError("QuantAvgPool2d does not support divisor_override")

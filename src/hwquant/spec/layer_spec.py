@@ -20,7 +20,7 @@ from hwquant.spec.formats import IntFormat
 from hwquant.spec.quant_spec import QuantSpec, ScaleSpec
 
 __all__ = [
-    "WEIGHT_LAYERS",
+    "WEIGHT_LAYERS",  # noqa: F822 (module __getattr__: the registered kinds)
     "LayerSpec",
     "Recipe",
     "accumulator_bias",
@@ -28,37 +28,41 @@ __all__ = [
     "register_recipe_type",
 ]
 
-#: torch module type names that carry weights (their LayerSpec needs ``weight``).
-WEIGHT_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d")
-
-# The torch.nn class names a ``Recipe.by_type`` key may use: those hwquant.nn has a
-# quantized twin for (``hwquant.nn.QUANT_TYPES``) and those ``Recipe.uniform`` names.
-# Kept by hand because spec/ sits below nn/ (it must not import the layers); a test
-# (tests/spec/test_validation.py) keeps it equal to QUANT_TYPES. New quantized layer
-# kinds add their name with ``register_recipe_type``.
-_RECIPE_TYPES: set[str] = {
-    *WEIGHT_LAYERS,
-    "ReLU",
-    "ReLU6",
-    "Hardtanh",
-    "Sigmoid",
-    "Tanh",
-    "MaxPool2d",
-    "AvgPool2d",
-    "AdaptiveAvgPool2d",  # no quantized twin yet; Recipe.uniform asks for it
+# The torch.nn class names a ``Recipe.by_type`` key may use, by role: each quantized
+# layer kind registers its float twin's name when it is defined
+# (``hwquant.nn.kinds.layer_kind`` calls :func:`register_recipe_type`), so the names
+# are said once, beside the layer; spec/ sits below nn/ and cannot import the layers.
+# ``takes_default``: the recipe's ``default`` LayerSpec applies (the layers that
+# accumulate dot products: Linear, Conv*, ConvTranspose*).
+_RECIPE_TYPES: dict[str, str] = {
+    "AdaptiveAvgPool2d": "pool",  # no quantized twin yet; Recipe.uniform asks for it
 }
+_DEFAULT_TYPES: list[str] = []
 
 
-def recipe_types() -> tuple[str, ...]:
-    """The module type names ``Recipe.by_type`` accepts, sorted."""
-    return tuple(sorted(_RECIPE_TYPES))
+def recipe_types(role: str | None = None) -> tuple[str, ...]:
+    """The module type names ``Recipe.by_type`` accepts (of one ``role``: "weight",
+    "activation", "pool", ...), sorted."""
+    return tuple(sorted(n for n, r in _RECIPE_TYPES.items() if role in (None, r)))
 
 
-def register_recipe_type(name: str) -> None:
-    """Allow ``name`` (a torch module class name) as a ``Recipe.by_type`` key."""
+def register_recipe_type(name: str, *, takes_default: bool = False, role: str = "other") -> None:
+    """Allow ``name`` (a torch module class name) as a ``Recipe.by_type`` key;
+    ``takes_default``: ``Recipe.default`` applies to it (a weight layer with an
+    accumulator)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"register_recipe_type: a class name is needed, got {name!r}")
-    _RECIPE_TYPES.add(name)
+    _RECIPE_TYPES[name] = role
+    if takes_default and name not in _DEFAULT_TYPES:
+        _DEFAULT_TYPES.append(name)
+
+
+def __getattr__(name: str):
+    # WEIGHT_LAYERS (kept for compatibility): the type names Recipe.default applies to,
+    # as registered by the layer kinds (hwquant.nn.kinds).
+    if name == "WEIGHT_LAYERS":
+        return tuple(_DEFAULT_TYPES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def accumulator_bias(bits: int = 32) -> QuantSpec:
@@ -176,7 +180,7 @@ class Recipe:
         for t, spec in self.by_type:
             if t == type_name:
                 return spec
-        return self.default if type_name in WEIGHT_LAYERS else None
+        return self.default if type_name in _DEFAULT_TYPES else None
 
     def has_entry_for(self, name: str, type_name: str) -> bool:
         """True when a pattern or type entry names this module (even to keep it float)."""
@@ -212,7 +216,7 @@ class Recipe:
         by_type: dict[str, LayerSpec | None] = {"AvgPool2d": act, "AdaptiveAvgPool2d": act}
         if activation_outputs and activations is not None:
             out = LayerSpec(output=activations)
-            for t in ("ReLU", "ReLU6", "Hardtanh", "Sigmoid", "Tanh"):
+            for t in recipe_types("activation"):
                 by_type[t] = out
         keep = (keep_float,) if isinstance(keep_float, str) else keep_float
         names: dict[str, LayerSpec | None] = {p: None for p in keep}

@@ -16,7 +16,7 @@ from hwquant.analysis.cost.records import (
 )
 from hwquant.analysis.cost.report import AccumulatorWidths, CostReport, LayerCost, ResourceFit
 from hwquant.analysis.cost.target import LayerFolding, Target
-from hwquant.spec.formats import APoTFormat, MinifloatFormat, MSQFormat, PowerOfTwoFormat
+from hwquant.spec.formats import APoTFormat, Format, MSQFormat, PowerOfTwoFormat
 
 __all__ = ["accumulator_widths", "choose_folding", "estimate", "with_folding"]
 
@@ -96,7 +96,7 @@ def accumulator_widths(rec: LayerRecord, float_bits: int = 32) -> AccumulatorWid
             l1 = np.abs(rec.q).sum(1)
             acc.weight = max(F.weight_bound_bits(float(v), N, signed_in) for v in l1)
             acc.exact = F.exact_accumulator_bits(rec.q, xgrid[1], xgrid[2])[0]
-    if isinstance(wf, MinifloatFormat) and isinstance(xf, MinifloatFormat):
+    if _minifloat(wf) and _minifloat(xf):
         acc.minifloat = F.minifloat_mac_acc_bits(
             xf.exponent_bits, xf.mantissa_bits, wf.exponent_bits, wf.mantissa_bits, rec.fan_in
         )
@@ -174,9 +174,13 @@ def _layer_cost(rec: LayerRecord, target: Target) -> LayerCost:
     return lc
 
 
+def _minifloat(fmt: Format | None) -> bool:
+    return fmt is not None and fmt.is_minifloat
+
+
 def _minifloat_cost(rec: LayerRecord, lc: LayerCost) -> None:
     wf, xf = rec.weight_format, rec.input_format
-    if isinstance(wf, MinifloatFormat) and isinstance(xf, MinifloatFormat):
+    if _minifloat(wf) and _minifloat(xf):
         lc.minifloat_mac_relative_cost = F.minifloat_mac_relative_cost(
             xf.exponent_bits, xf.mantissa_bits, wf.exponent_bits, wf.mantissa_bits, rec.fan_in
         )
@@ -184,7 +188,7 @@ def _minifloat_cost(rec: LayerRecord, lc: LayerCost) -> None:
             "minifloat operands: LUTs from the integer MVAU model with the "
             "Kulisch accumulator; see minifloat_mac_relative_cost"
         )
-    elif isinstance(wf, MinifloatFormat) or isinstance(xf, MinifloatFormat):
+    elif _minifloat(wf) or _minifloat(xf):
         lc.notes.append("mixed minifloat × integer MAC: minifloat accumulator not modelled")
 
 

@@ -26,20 +26,25 @@ from torch import nn
 
 from hwquant.analysis.cost.records import LayerRecord, integer_grid
 from hwquant.checkpoint import load_checkpoint
+from hwquant.nn.kinds import kind_of, weight_kinds
+from hwquant.nn.quantizer import Quantizer
 from hwquant.spec.formats import Format
 
-__all__ = ["WEIGHT_LAYER_TYPES", "load_checkpoint", "records_from_module"]
+__all__ = ["WEIGHT_LAYER_TYPES", "load_checkpoint", "records_from_module"]  # noqa: F822
 
-WEIGHT_LAYER_TYPES = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+def _costed(m: nn.Module):
+    """The layer kind of a weight layer the cost model counts (linear, convolutions,
+    transposed convolutions, embeddings: every kind with a weight and a geometry)."""
+    kind = kind_of(m)
+    return kind if kind is not None and kind.has_weight and kind.geometry_fn else None
+
+
+def __getattr__(name: str):
+    # WEIGHT_LAYER_TYPES (kept for compatibility): the float twins of the costed kinds.
+    if name == "WEIGHT_LAYER_TYPES":
+        return tuple(k.float_type for k in weight_kinds() if k.geometry_fn and k.float_type)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _quant_format(q: nn.Module | None) -> Format | None:
@@ -63,9 +68,11 @@ def records_from_module(model: nn.Module, input_shape: Sequence[int]) -> list[La
     the batch dimension of ``input_shape`` is divided out)."""
     shape = _check_shape(input_shape)
     work = copy.deepcopy(model).eval()
-    layers = {m: name for name, m in work.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)}
+    layers = {m: name for name, m in work.named_modules() if _costed(m)}
     if not layers:
-        raise ValueError("the model has no Linear / Conv / ConvTranspose layers to cost")
+        raise ValueError(
+            "the model has no Linear / Conv / ConvTranspose / Embedding layers to cost"
+        )
     owned = {id(getattr(m, a, None)) for m in layers for a in ("weight_quant", "bias_quant")}
     events: list[tuple[str, object]] = []
     hooks = []
@@ -159,73 +166,27 @@ def _record(
 
 
 def _geometry(m: nn.Module, in_shape: tuple, out_shape: tuple) -> dict:
-    """op, MW, MH, n_pix, fan_in of a layer call."""
-    if isinstance(m, nn.Linear):
-        n_pix = math.prod(out_shape[1:-1])
-        return {
-            "op": "linear",
-            "MW": m.in_features,
-            "MH": m.out_features,
-            "n_pix": n_pix,
-            "fan_in": m.in_features,
-        }
-    k = math.prod(m.kernel_size)
-    g = m.groups
-    if isinstance(m, _TRANSPOSED):
-        # per input position, C_in/g inputs feed C_out·k outputs; an output sums at most
-        # C_in/g · Π⌈k_i/s_i⌉ products
-        fan_in = (
-            m.in_channels
-            // g
-            * math.prod(math.ceil(ki / si) for ki, si in zip(m.kernel_size, m.stride, strict=True))
-        )
-        return {
-            "op": "conv_transpose",
-            "MW": m.in_channels // g,
-            "MH": m.out_channels * k,
-            "n_pix": math.prod(in_shape[2:]),
-            "fan_in": fan_in,
-        }
-    n_pix = math.prod(out_shape[2:])
-    if g > 1 and g == m.in_channels == m.out_channels:
-        return {"op": "depthwise_conv", "MW": k, "MH": m.out_channels, "n_pix": n_pix, "fan_in": k}
-    return {
-        "op": "conv",
-        "MW": m.in_channels // g * k,
-        "MH": m.out_channels,
-        "n_pix": n_pix,
-        "fan_in": m.in_channels // g * k,
-    }
+    """op, MW, MH, n_pix, fan_in of a layer call, as its layer kind says."""
+    kind = _costed(m)
+    mat = kind.matrix(m, in_shape, out_shape)
+    fan_in = kind.geometry(m, in_shape, out_shape).K
+    return {"op": mat.op, "MW": mat.MW, "MH": mat.MH, "n_pix": mat.n_pix, "fan_in": fan_in}
 
 
 def _integer_weights(m: nn.Module, fmt: Format) -> np.ndarray | None:
     """[C_out, K] integer weights (on the format's integer grid), or None."""
     grid = integer_grid(fmt)
-    if grid is None or not hasattr(m, "quant_weight"):
+    wq = getattr(m, "weight_quant", None)
+    if grid is None or not isinstance(wq, Quantizer):
         return None
-    wq = m.weight_quant
     try:
-        with torch.no_grad():
-            x = m.quant_weight().detach().float()
-            s = wq.scale_for(m.weight) if hasattr(wq, "scale_for") else wq.scale()
-            s = s.detach().float()
-            view = getattr(wq, "_group_view", None) if getattr(wq, "_grouped", False) else None
-            q = (x.reshape(view) / s).reshape(x.shape) if view else x / s
-    except (AttributeError, RuntimeError, TypeError):
+        c = wq.codes(m.weight)
+    except ValueError:
         return None  # a quantizer without a usable scale: weight-based bounds are skipped
-    q = q.numpy().astype(np.float64) * grid[0]
-    qi = np.round(q)
-    if np.abs(q - qi).max(initial=0.0) > 1e-3:
-        return None  # e.g. an asymmetric zero point: no plain integer weights
-    return _rows_per_output(m, qi)
-
-
-def _rows_per_output(m: nn.Module, q: np.ndarray) -> np.ndarray:
-    if not isinstance(m, _TRANSPOSED):
-        return q.reshape(q.shape[0], -1)
-    # transposed conv weight: [C_in, C_out/g, k...]; output channel j·(C_out/g) + o of
-    # group j sums weights [j·C_in/g:(j+1)·C_in/g, o, :]
-    g = m.groups
-    cin_g, cout_g = q.shape[0] // g, q.shape[1]
-    rows = [q[j * cin_g : (j + 1) * cin_g, o].reshape(-1) for j in range(g) for o in range(cout_g)]
-    return np.stack(rows)
+    if c.zero_point is not None:
+        return None  # an asymmetric zero point: no plain integer weights
+    q = c.codes.double() * grid[0]
+    qi = torch.round(q)
+    if (q - qi).abs().max() > 1e-3:
+        return None
+    return kind_of(m).rows_of(m, qi).numpy()

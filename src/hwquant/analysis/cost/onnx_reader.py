@@ -260,7 +260,7 @@ def _integer_weights(g: OnnxGraph, node: Any, fmt: Format) -> np.ndarray | None:
     x = g.const(node.input[0])
     if node.op_type == "BipolarQuant":
         return np.where(x >= 0, 1.0, -1.0)
-    if not isinstance(fmt, IntFormat):
+    if not fmt.integer_codes:
         return None
     s = g.const(node.input[1])
     if s is None:

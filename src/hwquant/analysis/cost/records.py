@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwquant.spec.formats import (
-    BipolarFormat,
     Format,
-    IntFormat,
-    MinifloatFormat,
 )
 
 __all__ = ["LayerRecord", "format_bits", "integer_grid", "integer_weight_bits"]
@@ -67,12 +64,10 @@ def integer_grid(fmt: Format | None) -> tuple[float, int, int] | None:
     Integer formats have c = 1; power-of-two, APoT and MSQ levels are integers after
     dividing by their smallest non-zero magnitude (4-bit PoT: c = 2^7).
     """
-    if fmt is None or isinstance(fmt, MinifloatFormat):
+    if fmt is None or fmt.is_minifloat:
         return None
-    if isinstance(fmt, IntFormat):
-        return 1.0, fmt.min_int, fmt.max_int
-    if isinstance(fmt, BipolarFormat):
-        return 1.0, -1, 1
+    if fmt.integer_codes:
+        return 1.0, *fmt.code_range
     levels = np.asarray(fmt.levels(), dtype=np.float64)
     smallest = float(np.abs(levels[levels != 0]).min())
     c = 1.0 / smallest
@@ -85,7 +80,7 @@ def integer_grid(fmt: Format | None) -> tuple[float, int, int] | None:
 def integer_weight_bits(fmt: Format) -> int:
     """Signed width M of the integers a format's levels map to (for accumulator bounds):
     the format's own bits for integers, else ⌈log2(max + 1)⌉ + 1 (4-bit PoT → 9)."""
-    if isinstance(fmt, IntFormat | BipolarFormat):
+    if fmt.integer_codes:
         return fmt.bits
     grid = integer_grid(fmt)
     if grid is None:
