@@ -32,16 +32,17 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hwquant.algorithms.common import (
+    LayerReport,
+    Record,
     batches,
     captured_inputs,
     conv_equivalent_weight,
@@ -109,7 +110,7 @@ class AdaRoundConfig:
 
 
 @dataclass
-class AdaRoundLayer:
+class AdaRoundLayer(Record):
     """One layer: relative output error ‖(W − Ŵ)X‖² / ‖WX‖² on the calibration inputs
     with round-to-nearest and with AdaRound; ``flipped``: weights rounded away from the
     nearest grid value; ``seconds``: optimisation time."""
@@ -121,17 +122,10 @@ class AdaRoundLayer:
     flipped: float
     seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class AdaRoundReport:
-    layers: list[AdaRoundLayer] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layers": [r.to_dict() for r in self.layers], "skipped": self.skipped}
+class AdaRoundReport(LayerReport):
+    """Per-layer results (``layers``: AdaRoundLayer) and the layers skipped, with why."""
 
 
 def rectified_sigmoid(v: Tensor) -> Tensor:

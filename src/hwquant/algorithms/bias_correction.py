@@ -21,14 +21,15 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hwquant.algorithms.common import (
+    LayerReport,
+    Record,
     batches,
     captured_inputs,
     conv_equivalent_weight,
@@ -59,7 +60,7 @@ class BiasCorrectionConfig:
 
 
 @dataclass
-class BiasCorrectionLayer:
+class BiasCorrectionLayer(Record):
     """One layer: mean |shift| added to the bias; output MSE between float-weight and
     quantized-weight outputs (same quantized inputs) before / after the correction."""
 
@@ -69,17 +70,10 @@ class BiasCorrectionLayer:
     mse_after: float
     added_bias: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class BiasCorrectionReport:
-    layers: list[BiasCorrectionLayer] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layers": [r.to_dict() for r in self.layers], "skipped": self.skipped}
+class BiasCorrectionReport(LayerReport):
+    """Per-layer results (``layers``: BiasCorrectionLayer) and the layers skipped, with why."""
 
 
 def _moments(model: nn.Module, layer: nn.Module, xs: list[Tensor]) -> tuple[Tensor, Tensor, int]:

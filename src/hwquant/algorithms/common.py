@@ -294,3 +294,23 @@ def pipeline(model: nn.Module, data: Any, steps: list) -> list[tuple[str, Any]]:
         needing = [algo.name for algo, _ in plan if algo.needs_data]
         raise ValueError(f"{', '.join(needing)} need calibration data")
     return [(algo.name, algo.run(model, data, config)) for algo, config in plan]
+
+
+# ---------------------------------------------------------------- reports
+class Record:
+    """Mixin for a per-layer result dataclass: ``to_dict`` of its fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass
+class LayerReport:
+    """A report with one result per layer (``layers``, each with ``to_dict``) and the
+    layers left alone with the reason (``skipped``: path → why)."""
+
+    layers: list = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [r.to_dict() for r in self.layers], "skipped": self.skipped}

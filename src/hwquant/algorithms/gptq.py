@@ -31,15 +31,16 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hwquant.algorithms.common import (
+    LayerReport,
+    Record,
     batches,
     captured_inputs,
     conv_equivalent_weight,
@@ -83,7 +84,7 @@ class GPTQConfig:
 
 
 @dataclass
-class GPTQLayer:
+class GPTQLayer(Record):
     """One layer: relative output error ‖(W − Ŵ)X‖² / ‖WX‖² on the calibration inputs
     with round-to-nearest (``rtn_error``) and with GPTQ (``gptq_error``)."""
 
@@ -93,17 +94,10 @@ class GPTQLayer:
     gptq_error: float
     note: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class GPTQReport:
-    layers: list[GPTQLayer] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layers": [r.to_dict() for r in self.layers], "skipped": self.skipped}
+class GPTQReport(LayerReport):
+    """Per-layer results (``layers``: GPTQLayer) and the layers skipped, with why."""
 
 
 @torch.no_grad()

@@ -53,6 +53,7 @@ APoT / MSQ codes fail already in the QONNX step.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ from torch import nn
 
 from hwquant.export.emit import GROUP_KEY, PATH_KEY, QONNX_DOMAIN
 from hwquant.export.qonnx import Inputs, qonnx_proto, write_atomic
+from hwquant.spec.formats import ONNX_FLOAT8
 from hwquant.spec.layer_spec import Recipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,13 +75,20 @@ __all__ = ["QCDQ_OPSET", "qcdq_proto", "qonnx_to_qcdq", "to_qcdq"]
 #: native int4 / uint4 / int16 Q/DQ need opset 21.
 QCDQ_OPSET = 21
 
-# (exponent bits, mantissa bits, bias, max, has_inf) → ONNX float8 type
-_FP8 = {
-    (4, 3, 7, 448.0, 0): ("FLOAT8E4M3FN", 17),
-    (4, 3, 8, 240.0, 0): ("FLOAT8E4M3FNUZ", 18),
-    (5, 2, 15, 57344.0, 1): ("FLOAT8E5M2", 19),
-    (5, 2, 16, 57344.0, 0): ("FLOAT8E5M2FNUZ", 20),
-}
+
+@functools.cache
+def _fp8_types() -> dict[tuple, tuple[str, int]]:
+    """(exponent bits, mantissa bits, bias, max, has_inf) of a FloatQuant node → the ONNX
+    float8 type (name, TensorProto code), from the one table in spec.formats."""
+    from onnx import TensorProto
+
+    return {
+        (f.exponent_bits, f.mantissa_bits, f.bias, f.max_value, int(f.has_inf)): (
+            name,
+            getattr(TensorProto, name),
+        )
+        for f, name in ONNX_FLOAT8.items()
+    }
 
 
 def to_qcdq(
@@ -397,7 +406,7 @@ def _lower_float(n: Any, ctx: _Ctx) -> list:
     )
     has_inf, has_sub = int(_attr(n, "has_inf", 0)), int(_attr(n, "has_subnormal", 1))
     key = (int(e), int(m), int(b), mx, has_inf)
-    if key not in _FP8 or not has_sub:
+    if key not in _fp8_types() or not has_sub:
         raise ValueError(
             f"{where}: QCDQ expresses only the ONNX FP8 types (E4M3FN, E4M3FNUZ, E5M2, "
             f"E5M2FNUZ, with subnormals); this quantizer is E{int(e)}M{int(m)} bias {int(b)} "
@@ -405,7 +414,7 @@ def _lower_float(n: Any, ctx: _Ctx) -> list:
         )
     if str(_attr(n, "rounding_mode", "ROUND")).upper() not in ("ROUND", "HALF_EVEN"):
         raise ValueError(f"{where}: QCDQ rounds half to even only")
-    _, dtype = _FP8[key]
+    _, dtype = _fp8_types()[key]
     s_q, attrs = _layout(n, s, _rank(ctx, n.input[0]))
     if "block_size" in attrs:
         raise ValueError(f"{where}: per-group FP8 scales are not supported in QCDQ")
@@ -434,7 +443,7 @@ def _guard_fp8_clamps(nodes: list, ctx: _Ctx) -> list:
     """Relu / Clip feeding a float8 QuantizeLinear → Max / Min (module docstring)."""
     from onnx import helper
 
-    fp8 = {t.name for t in ctx.new_inits if t.data_type in _FP8_DTYPES}
+    fp8 = {t.name for t in ctx.new_inits if t.data_type in {d for _, d in _fp8_types().values()}}
     guarded = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear" and n.input[2] in fp8}
     out = []
     for n in nodes:
@@ -458,9 +467,6 @@ def _guard_fp8_clamps(nodes: list, ctx: _Ctx) -> list:
         if x == n.input[0]:  # a Clip without bounds
             out.append(helper.make_node("Identity", [x], [n.output[0]], name=ctx.name(n.name)))
     return out
-
-
-_FP8_DTYPES = {dtype for _, dtype in _FP8.values()}
 
 
 def _split_float_biases(nodes: list, ctx: _Ctx) -> list:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -70,6 +71,7 @@ from hwquant.algorithms.common import eval_mode
 from hwquant.export.batch import batch_of, inferred, rebatched, with_batch
 from hwquant.export.emit import PATH_KEY, QONNX_DOMAIN
 from hwquant.export.qonnx import Inputs, as_inputs, check_example
+from hwquant.spec.formats import ONNX_FLOAT8
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -285,7 +287,16 @@ _PASS_FLAT = {
     "Expand",
     "Tile",
 }
-_FP8_TYPES = {17: (3, -6), 18: (3, -7), 19: (2, -14), 20: (2, -15)}  # onnx dtype → (M, 1−bias)
+
+
+@functools.cache
+def _fp8_types() -> dict[int, tuple[int, int]]:
+    """ONNX float8 TensorProto code → (mantissa bits, 1 − bias), from spec.formats."""
+    from onnx import TensorProto
+
+    return {
+        getattr(TensorProto, n): (f.mantissa_bits, f.min_exponent) for f, n in ONNX_FLOAT8.items()
+    }
 
 
 class _StepFinder:
@@ -378,8 +389,8 @@ class _StepFinder:
             else:
                 axis = self._attr(n, "axis", 1) % rank
                 s = s.reshape([-1 if i == axis else 1 for i in range(rank)])
-        if zp_type in _FP8_TYPES:
-            m, e_min = _FP8_TYPES[zp_type]
+        if zp_type in _fp8_types():
+            m, e_min = _fp8_types()[zp_type]
             return _Step(s, m, e_min)
         return _Step(s)
 
