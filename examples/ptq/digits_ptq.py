@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 import hwquant
-from hwquant.algorithms import fold_bn, get
+from hwquant.algorithms import fold_bn, pipeline
+from hwquant.analysis.sqnr import sqnr_db
 from hwquant.datasets import digits
 from hwquant.models import DigitsCNN
 from hwquant.spec import (
@@ -58,23 +59,16 @@ def float_model(cache: Path, data) -> torch.nn.Module:
     return model
 
 
-def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    """10·log10(‖ref‖² / ‖ref − out‖²) of the logits on the test set."""
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum().clamp(min=1e-30)))
-
-
 def point(base, fmt, algorithms: list[str], data, calib, granularity) -> dict:
     torch.manual_seed(0)
     spec = QuantSpec(fmt, granularity, ScaleSpec("max"))
     m = hwquant.quantize(copy.deepcopy(base), Recipe.uniform(weights=spec, activations=A8))
     m.eval()
     t0 = time.perf_counter()
-    for name in algorithms:
-        get(name).run(m, calib)
-    if not algorithms:  # round-to-nearest: calibrate the activations on the same data
-        with hwquant.calibration(m):
-            for x in calib:
-                m(x)
+    with hwquant.calibration(m):  # activations first, on the same data for every column
+        for x in calib:
+            m(x)
+    pipeline(m, calib, algorithms)  # none: round-to-nearest
     x = data.test.dataset.tensors[0]
     with torch.no_grad():
         sqnr = sqnr_db(base(x), m(x))
