@@ -54,9 +54,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hwquant.algorithms.common import batches, eval_mode, register
+from hwquant.algorithms.common import batches, calibrate_activations, eval_mode, register
 from hwquant.algorithms.gptq import gptq_rows, hessian, output_error
-from hwquant.api import calibration
 from hwquant.core.accumulator import soft_threshold_for_l1
 from hwquant.nn.a2q import A2QWeightQuantizer, a2q_layers, accumulator_bias_codes
 
@@ -229,9 +228,7 @@ def apply(model: nn.Module, data: Any, config: A2QPTQConfig | None = None) -> A2
     xs = batches(data, config.max_batches, what="a2q_ptq.apply calibration data")
     with eval_mode(model):
         if config.calibrate:
-            with calibration(model):
-                for x in xs:
-                    model(x)
+            calibrate_activations(model, xs)
         report = A2QPTQReport()
         for name, layer, wq in list(a2q_layers(model)):
             report.layers.append(_apply_layer(model, name, layer, wq, xs, config))

@@ -44,6 +44,7 @@ from hwquant.algorithms.common import (
     LayerReport,
     Record,
     batches,
+    calibrate_activations,
     captured_inputs,
     conv_equivalent_weight,
     eval_mode,
@@ -52,7 +53,6 @@ from hwquant.algorithms.common import (
     weight_from_equivalent,
 )
 from hwquant.algorithms.gptq import gptq_layers, output_error
-from hwquant.api import calibration
 from hwquant.nn.a2q import A2QWeightQuantizer
 from hwquant.nn.quantizer import Quantizer
 from hwquant.spec.formats import Format
@@ -287,9 +287,7 @@ def apply(model: nn.Module, data: Any, config: AdaRoundConfig | None = None) -> 
     report = AdaRoundReport()
     with eval_mode(model):
         if config.calibrate:
-            with calibration(model):
-                for x in xs:
-                    model(x)
+            calibrate_activations(model, xs)
         for name, m in model.named_modules():
             if isinstance(getattr(m, "weight_quant", None), A2QWeightQuantizer):
                 report.skipped[name] = "accumulator-aware (A2Q) weights: use a2q_ptq"

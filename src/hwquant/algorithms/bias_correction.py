@@ -31,13 +31,13 @@ from hwquant.algorithms.common import (
     LayerReport,
     Record,
     batches,
+    calibrate_activations,
     captured_inputs,
     conv_equivalent_weight,
     eval_mode,
     input_rows,
     register,
 )
-from hwquant.api import calibration
 from hwquant.nn.kinds import kind_of
 
 __all__ = ["BiasCorrectionConfig", "BiasCorrectionLayer", "BiasCorrectionReport", "apply"]
@@ -134,9 +134,7 @@ def apply(
     report = BiasCorrectionReport()
     with eval_mode(model):
         if config.calibrate:
-            with calibration(model):
-                for x in xs:
-                    model(x)
+            calibrate_activations(model, xs)
         for name, m in model.named_modules():
             wq = getattr(m, "weight_quant", None)
             if wq is None or not hasattr(m, "add_bias"):

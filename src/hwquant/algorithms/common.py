@@ -314,3 +314,12 @@ class LayerReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [r.to_dict() for r in self.layers], "skipped": self.skipped}
+
+
+def calibrate_activations(model: nn.Module, xs: list[Tensor]) -> None:
+    """Set every activation quantizer's scale from ``xs`` (:func:`hwquant.api.calibration`)."""
+    from hwquant.api import calibration
+
+    with calibration(model):
+        for x in xs:
+            model(x)

@@ -42,6 +42,7 @@ from hwquant.algorithms.common import (
     LayerReport,
     Record,
     batches,
+    calibrate_activations,
     captured_inputs,
     conv_equivalent_weight,
     eval_mode,
@@ -49,7 +50,6 @@ from hwquant.algorithms.common import (
     register,
     weight_from_equivalent,
 )
-from hwquant.api import calibration
 from hwquant.nn.a2q import A2QWeightQuantizer
 from hwquant.nn.quantizer import Quantizer
 
@@ -233,9 +233,7 @@ def apply(model: nn.Module, data: Any, config: GPTQConfig | None = None) -> GPTQ
     report = GPTQReport()
     with eval_mode(model):
         if config.calibrate:
-            with calibration(model):
-                for x in xs:
-                    model(x)
+            calibrate_activations(model, xs)
         for name, m in model.named_modules():
             wq = getattr(m, "weight_quant", None)
             if isinstance(wq, A2QWeightQuantizer):
