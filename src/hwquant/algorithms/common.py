@@ -323,3 +323,15 @@ def calibrate_activations(model: nn.Module, xs: list[Tensor]) -> None:
     with calibration(model):
         for x in xs:
             model(x)
+
+
+def traced(model: nn.Module) -> tuple[Any, dict[str, nn.Module]] | None:
+    """(torch.fx GraphModule, its modules by name) of ``model``, or None when it does not
+    trace (callers then fall back to ``nn.Sequential`` adjacency)."""
+    from torch import fx
+
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        return None
+    return gm, dict(gm.named_modules())

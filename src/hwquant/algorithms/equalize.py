@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import fx, nn
+from torch import nn
 
-from hwquant.algorithms.common import register
+from hwquant.algorithms.common import register, traced
 from hwquant.nn.kinds import kind_of
 
 __all__ = ["EqualizeConfig", "EqualizeReport", "apply"]
@@ -113,11 +113,10 @@ def _why_not(a: nn.Module, b: nn.Module) -> str | None:
 
 
 def _pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:
+    found = traced(model)
+    if found is None:
         return None
-    mods = dict(gm.named_modules())
+    gm, mods = found
     pairs = []
     for n in gm.graph.nodes:
         if n.op != "call_module" or not _weighted(mods[n.target]) or len(n.users) != 1:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from hwquant.algorithms.common import register
+from hwquant.algorithms.common import register, traced
 from hwquant.nn.kinds import is_batch_norm, kind_of
 
 __all__ = ["FoldBNConfig", "FoldBNReport", "apply", "fold_pair"]
@@ -91,11 +91,10 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> None:
 
 
 def _pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:
+    found = traced(model)
+    if found is None:
         return None
-    mods = dict(gm.named_modules())
+    gm, mods = found
     pairs = []
     for n in gm.graph.nodes:
         if n.op != "call_module" or not is_batch_norm(mods[n.target]):
