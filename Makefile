@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench venv clean
+.PHONY: demo test test-all lint bench venv clean ray
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks $(wildcard examples)
 	$(PY) -m pytest -q -n 2 -m "not slow and not gpu" --durations=15 --doctest-modules src/hwquant tests
+
+# the optional Ray extra (hwquant sweep --ray; the slow Ray test)
+ray: $(STAMP)
+	$(PY) -m pip install -q ray==2.60.0 -c constraints.txt
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

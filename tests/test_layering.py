@@ -19,6 +19,7 @@ LEVEL.update(
         "training": LEVEL["api"],
         "graph": LEVEL["nn"] + 0.5,  # torch.fx passes: on nn, used by api (quantize)
         "checkpoint": LEVEL["algorithms"],  # replays algorithms (fold_bn) on load
+        "sweep": LEVEL["analysis"] + 0.5,  # PTQ + cost + export per point; used by the CLI
     }
 )
 ROOT = "hwquant"  # the curated public API: it imports the layers; only the CLI imports it

@@ -3,7 +3,9 @@
 - :func:`plot_cost`: per-layer stacked bars of the LUT estimate's terms and of the
   memory (weights, input activations);
 - :func:`plot_pareto`: accuracy against a cost for sweep results, with the Pareto
-  front (no other point is both cheaper and at least as accurate).
+  front (no other point is both cheaper and at least as accurate);
+- :func:`plot_heatmaps`: a value (accuracy) over weight bits × activation bits, one
+  panel per format family.
 
 Example:
     >>> pts = [{"label": "W8A8", "luts": 9e4, "accuracy": 0.97},
@@ -21,7 +23,7 @@ from typing import Any
 
 from hwquant.analysis.cost.report import CostReport
 
-__all__ = ["pareto_front", "plot_cost", "plot_pareto"]
+__all__ = ["pareto_front", "plot_cost", "plot_heatmaps", "plot_pareto"]
 
 _LUT_TERMS = ("base", "mult", "addertree", "acc", "thresholds", "weights")
 
@@ -98,38 +100,57 @@ def plot_pareto(
     cost_key: str = "luts",
     acc_key: str = "accuracy",
     title: str | None = None,
+    group_key: str | None = None,
+    label_front_only: bool = False,
 ) -> Path:
     """Accuracy vs ``cost_key`` for sweep points (dicts with ``label``), with the front;
-    points with ``"fits": false`` (over the target's budget) are drawn as crosses."""
+    points with ``"fits": false`` (over the target's budget) are drawn as crosses.
+    ``group_key``: colour points by that field (e.g. the format family);
+    ``label_front_only``: write labels on the Pareto points only (large sweeps)."""
     front = pareto_front(points, cost_key, acc_key)
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=90)
-    for fits, marker, label in ((True, "o", None), (False, "x", "over budget")):
-        sel = [p for p in points if bool(p.get("fits", True)) == fits]
-        if sel:
-            ax.scatter(
-                [p[cost_key] for p in sel],
-                [p[acc_key] for p in sel],
-                c="tab:gray",
-                marker=marker,
-                label=label,
-                zorder=3,
-            )
+    fig, ax = plt.subplots(figsize=(6, 4.2) if group_key else (5, 3.6), dpi=90)
+    groups = sorted({str(p.get(group_key)) for p in points}) if group_key else [None]
+    colors = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for g in groups:
+        for fits, marker in ((True, "o"), (False, "x")):
+            sel = [
+                p
+                for p in points
+                if bool(p.get("fits", True)) == fits and (g is None or str(p.get(group_key)) == g)
+            ]
+            if sel:
+                name = "over budget" if not fits else g
+                ax.scatter(
+                    [p[cost_key] for p in sel],
+                    [p[acc_key] for p in sel],
+                    color=colors[g] if g is not None else "tab:gray",
+                    marker=marker,
+                    s=14 if group_key else None,
+                    alpha=0.6 if group_key else 1.0,
+                    label=name if (g is not None or not fits) else None,
+                    zorder=3,
+                )
     ax.step(
         [points[i][cost_key] for i in front],
         [points[i][acc_key] for i in front],
         where="post",
         c="tab:red",
         marker="o",
+        mfc="none",
         label="Pareto front",
+        zorder=4,
     )
-    for p in points:
+    on_front = set(front)
+    for i, p in enumerate(points):
+        if label_front_only and i not in on_front:
+            continue
         ax.annotate(
             str(p.get("label", "")),
             (p[cost_key], p[acc_key]),
-            fontsize=7,
+            fontsize=6 if label_front_only else 7,
             xytext=(3, 3),
             textcoords="offset points",
         )
@@ -141,6 +162,47 @@ def plot_pareto(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_heatmaps(
+    panels: Mapping[str, Mapping[tuple[int, int], tuple[float, str]]],
+    path: str | Path,
+    title: str | None = None,
+    value_name: str = "accuracy",
+) -> Path:
+    """One heatmap per panel (e.g. per format family): rows weight bits, columns
+    activation bits; each cell ``(value, text)`` shows the value and a short text (the
+    winning format). Missing cells stay blank. Colours share one scale."""
+    plt = _pyplot()
+    import numpy as np
+
+    cells = [k for panel in panels.values() for k in panel]
+    if not cells:
+        raise ValueError("no heatmap cells to plot")
+    wbs = sorted({w for w, _ in cells})
+    abs_ = sorted({a for _, a in cells})
+    values = [v for panel in panels.values() for v, _ in panel.values()]
+    lo, hi = min(values), max(values)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.2 * len(panels) + 0.6, 3.2), dpi=90, squeeze=False
+    )
+    for ax, (name, panel) in zip(axes[0], panels.items(), strict=True):
+        grid = np.full((len(wbs), len(abs_)), np.nan)
+        for (w, a), (v, _) in panel.items():
+            grid[wbs.index(w), abs_.index(a)] = v
+        im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
+        for (w, a), (v, text) in panel.items():
+            ax.text(abs_.index(a), wbs.index(w), f"{v:.3f}\n{text}", ha="center", va="center",
+                    fontsize=5, color="white" if v < (lo + hi) / 2 else "black")  # fmt: skip
+        ax.set_xticks(range(len(abs_)), [str(a) for a in abs_])
+        ax.set_yticks(range(len(wbs)), [str(w) for w in wbs])
+        ax.set_xlabel("activation bits")
+        ax.set_ylabel("weight bits")
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=value_name)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, plt, path)
 
 

@@ -20,7 +20,7 @@ from typing import NoReturn
 __all__ = ["EXPORT_PACKAGES", "build_parser", "main", "missing_export_package"]
 
 #: subcommand modules, in help order; a module that is not present is skipped.
-COMMANDS = ("demo", "ptq", "apply", "export", "verify", "accumulators", "cost")
+COMMANDS = ("demo", "ptq", "apply", "sweep", "export", "verify", "accumulators", "cost")
 #: the packages of ``pip install 'hwquant[export]'``.
 EXPORT_PACKAGES = frozenset({"onnx", "onnxruntime", "onnxscript", "qonnx", "hls4ml"})
 EXPORT_HINT = "install the export extra: pip install 'hwquant[export]'"

@@ -82,6 +82,20 @@ class LayerCost:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def minifloat_luts(self) -> tuple[float, float, float | None]:
+        """(LUTs, MAC-datapath LUTs, relative cost used) with a minifloat × minifloat
+        layer's MAC datapath (multipliers, adder tree, accumulator) costed at
+        :func:`~hwquant.analysis.cost.formulas.calibrated_minifloat_cost` times the
+        integer one; other layers as estimated (relative cost None)."""
+        from hwquant.analysis.cost.formulas import calibrated_minifloat_cost
+
+        b = self.lut_breakdown
+        mac = b["mult"] + b["addertree"] + b["acc"]
+        if self.minifloat_mac_relative_cost is None:
+            return float(self.luts), mac, None
+        r = calibrated_minifloat_cost(self.minifloat_mac_relative_cost)
+        return self.luts + mac * (r - 1.0), mac * r, r
+
 
 @dataclass
 class ResourceFit:
