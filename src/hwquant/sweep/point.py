@@ -14,6 +14,7 @@ same row in any process (local, worker process, Ray worker).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -150,8 +151,20 @@ def point_model(
         calibrated = calibrated_model(point, settings, float_steps)
     q = copy.deepcopy(calibrated)
     torch.manual_seed(settings.seed)
-    pipeline(q, _calibration(settings), [s for s in steps if s not in FLOAT_STAGE])
+    q_steps: list = [s for s in steps if s not in FLOAT_STAGE]
+    if q_steps:  # the model is calibrated: the first step need not do it again
+        q_steps[0] = _calibrated(q_steps[0])
+    pipeline(q, _calibration(settings), q_steps)
     return q.eval()
+
+
+def _calibrated(step: str) -> str | tuple[str, dict]:
+    """The step without its own activation calibration (the model has just had it);
+    later steps re-calibrate as they would (earlier steps changed the weights)."""
+    from hwquant.algorithms import get
+
+    fields = {f.name for f in dataclasses.fields(get(step).config_type)}
+    return (step, {"calibrate": False}) if "calibrate" in fields else step
 
 
 def _validation(settings: Settings) -> torch.Tensor:
