@@ -76,19 +76,31 @@ def percentile_rows(rows: Tensor, p: float, signed: bool) -> Tensor:
 def mse_clip_rows(rows: Tensor, grid: Grid, signed: bool, steps: int = 100) -> Tensor:
     """Clipping value α* per row minimizing Σ (fake_quantize(x, α/g_max) − x)².
 
-    Candidates α = max·k/steps for k = steps/10 … steps (the top 90 % of the range)."""
+    Candidates α = max·k/steps for k = steps/10 … steps (the top 90 % of the range),
+    searched coarse to fine: every 5th k first, then every k within 4 of each row's
+    best coarse k (about 27 error evaluations instead of 91; the error is smooth in α
+    at this resolution, and a row's α is one of the candidates either way)."""
     amax = absmax_rows(rows, signed).clamp(min=EPS)  # [G]
+    lo = max(1, steps // 10)
     best_err = torch.full_like(amax, float("inf"))
-    best = amax.clone()
+    best_k = torch.full_like(amax, float(steps))
+
+    def try_k(k: Tensor) -> None:  # k: [G] candidate per row
+        nonlocal best_err, best_k
+        s = (amax * (k / steps) / grid.hi).unsqueeze(1)
+        err = (fake_quantize(rows, s, None, grid) - rows).pow(2).sum(dim=1)
+        better = (err < best_err) | ((err == best_err) & (k < best_k))
+        best_err = torch.where(better, err, best_err)
+        best_k = torch.where(better, k, best_k)
+
     with torch.no_grad():
-        for k in range(max(1, steps // 10), steps + 1):
-            alpha = amax * (k / steps)
-            s = (alpha / grid.hi).unsqueeze(1)
-            err = (fake_quantize(rows, s, None, grid) - rows).pow(2).sum(dim=1)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best = torch.where(better, alpha, best)
-    return best
+        for k in range(lo, steps + 1, 5):
+            try_k(torch.full_like(amax, float(k)))
+        centre = best_k.clone()
+        for d in range(-4, 5):
+            if d:
+                try_k((centre + d).clamp(lo, steps))
+    return amax * (best_k / steps)
 
 
 def scale_zero_from_minmax(

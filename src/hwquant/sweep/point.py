@@ -138,24 +138,39 @@ def calibrated_model(point: Point, settings: Settings, float_steps: list[str]) -
     return q
 
 
-def point_model(
-    point: Point, settings: Settings, technique: str, calibrated: nn.Module | None = None
-) -> nn.Module:
-    """The float model quantized at ``point`` with ``technique`` (eval mode);
-    ``calibrated``: :func:`calibrated_model` for the technique's float steps, reused."""
-    from hwquant.algorithms import pipeline
+class _Models:
+    """The point's models by step prefix: techniques that share a prefix
+    (``gptq`` and ``gptq+bias_correction``) compute it once. Each step is seeded on
+    its own, so a model does not depend on what else was computed."""
 
-    steps = steps_of(technique)
-    float_steps = [s for s in steps if s in FLOAT_STAGE]
-    if calibrated is None:
-        calibrated = calibrated_model(point, settings, float_steps)
-    q = copy.deepcopy(calibrated)
-    torch.manual_seed(settings.seed)
-    q_steps: list = [s for s in steps if s not in FLOAT_STAGE]
-    if q_steps:  # the model is calibrated: the first step need not do it again
-        q_steps[0] = _calibrated(q_steps[0])
-    pipeline(q, _calibration(settings), q_steps)
-    return q.eval()
+    def __init__(self, point: Point, settings: Settings) -> None:
+        self.point, self.settings = point, settings
+        self.cache: dict[tuple[tuple[str, ...], tuple[str, ...]], nn.Module] = {}
+
+    def get(self, float_steps: tuple[str, ...], q_steps: tuple[str, ...]) -> nn.Module:
+        from hwquant.algorithms import pipeline
+
+        key = (float_steps, q_steps)
+        if key not in self.cache:
+            if not q_steps:
+                model = calibrated_model(self.point, self.settings, list(float_steps))
+            else:  # the model is calibrated: the first step need not do it again
+                model = copy.deepcopy(self.get(float_steps, q_steps[:-1]))
+                step = _calibrated(q_steps[-1]) if len(q_steps) == 1 else q_steps[-1]
+                torch.manual_seed(self.settings.seed)
+                pipeline(model, _calibration(self.settings), [step])
+            self.cache[key] = model.eval()
+        return self.cache[key]
+
+    def technique(self, technique: str) -> nn.Module:
+        steps = steps_of(technique)
+        f = tuple(s for s in steps if s in FLOAT_STAGE)
+        return self.get(f, tuple(s for s in steps if s not in FLOAT_STAGE))
+
+
+def point_model(point: Point, settings: Settings, technique: str) -> nn.Module:
+    """The float model quantized at ``point`` with ``technique`` (eval mode)."""
+    return copy.deepcopy(_Models(point, settings).technique(technique))
 
 
 def _calibrated(step: str) -> str | tuple[str, dict]:
@@ -177,16 +192,27 @@ def _validation(settings: Settings) -> torch.Tensor:
 
 def _score(model: nn.Module, base: nn.Module, settings: Settings) -> dict[str, float]:
     from hwquant.analysis.sqnr import sqnr_db
-    from hwquant.training import evaluate
 
-    data = sweep_data(settings.seed)
-    x_val, x_test = _validation(settings), data.test.dataset.tensors[0]
+    x_test, y_test = sweep_data(settings.seed).test.dataset.tensors
+    x_val = _validation(settings)
     with torch.no_grad():
+        out = model(x_test)
         return {
-            "accuracy": evaluate(model, data.test),
-            "val_sqnr_db": round(sqnr_db(base(x_val), model(x_val)), 6),
-            "test_sqnr_db": round(sqnr_db(base(x_test), model(x_test)), 6),
+            "accuracy": float((out.argmax(1) == y_test).double().mean()),
+            "val_sqnr_db": round(sqnr_db(_reference(base, x_val), model(x_val)), 6),
+            "test_sqnr_db": round(sqnr_db(_reference(base, x_test), out), 6),
         }
+
+
+_REFERENCE: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _reference(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The float model's output on ``x`` (computed once per process)."""
+    key = (id(base), id(x))
+    if key not in _REFERENCE:
+        _REFERENCE[key] = base(x)
+    return _REFERENCE[key]
 
 
 def evaluate_point(point: Point, settings: Settings) -> dict[str, Any]:
@@ -194,14 +220,10 @@ def evaluate_point(point: Point, settings: Settings) -> dict[str, Any]:
     with _one_thread():
         base = _base(point, settings)
         results: dict[str, dict] = {}
-        model = None
-        prepared: dict[tuple[str, ...], nn.Module] = {}  # float steps → calibrated model
+        models, model = _Models(point, settings), None
         for t in settings.techniques:
-            float_steps = tuple(s for s in steps_of(t) if s in FLOAT_STAGE)
             try:
-                if float_steps not in prepared:
-                    prepared[float_steps] = calibrated_model(point, settings, list(float_steps))
-                q = point_model(point, settings, t, prepared[float_steps])
+                q = models.technique(t)
             except ValueError as e:  # the method does not apply to this point
                 results[t] = {"error": str(e).splitlines()[0]}
                 continue
