@@ -107,7 +107,8 @@ def test_cli_sweep_exports_front(tmp_path, capsys):
     assert pareto and all(r["verified"] and r["mismatched"] == 0 for r in pareto)
     assert (out / "digits-cnn_heatmaps.png").stat().st_size > 0
     assert (out / "digits-cnn_pareto.png").stat().st_size > 0
-    assert "minifloat vs best integer" in capsys.readouterr().out
+    assert "cells where the best minifloat / integer wins" in capsys.readouterr().out
+    assert (out / "digits-cnn_sqnr_heatmaps.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

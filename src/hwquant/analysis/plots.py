@@ -185,7 +185,12 @@ def plot_heatmaps(
     values = [v for panel in panels.values() for v, _ in panel.values()]
     lo, hi = min(values), max(values)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(3.2 * len(panels) + 0.6, 3.2), dpi=90, squeeze=False
+        1,
+        len(panels),
+        figsize=(3.6 * len(panels) + 0.8, 3.8),
+        dpi=90,
+        squeeze=False,
+        layout="constrained",
     )
     for ax, (name, panel) in zip(axes[0], panels.items(), strict=True):
         grid = np.full((len(wbs), len(abs_)), np.nan)
@@ -194,7 +199,7 @@ def plot_heatmaps(
         im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
         for (w, a), (v, text) in panel.items():
             ax.text(abs_.index(a), wbs.index(w), f"{v:.3f}\n{text}", ha="center", va="center",
-                    fontsize=5, color="white" if v < (lo + hi) / 2 else "black")  # fmt: skip
+                    fontsize=6, color="white" if v < (lo + hi) / 2 else "black")  # fmt: skip
         ax.set_xticks(range(len(abs_)), [str(a) for a in abs_])
         ax.set_yticks(range(len(wbs)), [str(w) for w in wbs])
         ax.set_xlabel("activation bits")

@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
     write_summary(rows, args.out)
     for model in args.models:
         plot(rows, model, args.out)
-        c = comparison(rows, model)
-        print(f"{model}: best minifloat vs best integer per cell: {c['tally']}; "
-              f"Pareto front by family: {c['front_families']}")  # fmt: skip
+        c, db = comparison(rows, model), comparison(rows, model, "test_sqnr_db")
+        print(f"{model}: cells where the best minifloat / integer wins: accuracy {c['tally']}, "
+              f"SQNR {db['tally']}; Pareto front by family: {c['front_families']}")  # fmt: skip
     if not args.no_export:
         records = export_front(rows, points, settings, args.out)
         ok = sum(r["verified"] for r in records)

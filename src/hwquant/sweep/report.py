@@ -39,28 +39,29 @@ def front(rows: Sequence[dict], model: str) -> list[dict]:
     return [mine[i] for i in pareto_front(mine, "luts", "accuracy")]
 
 
-def best_cells(rows: Sequence[dict], model: str, families: Sequence[str]) -> dict:
-    """(w_bits, a_bits) → the most accurate row among ``families`` (ties: fewer LUTs)."""
+def best_cells(
+    rows: Sequence[dict], model: str, families: Sequence[str], key: str = "accuracy"
+) -> dict:
+    """(w_bits, a_bits) → the row among ``families`` with the highest ``key``
+    (ties: fewer LUTs)."""
     cells: dict[tuple[int, int], dict] = {}
     for r in _of(rows, model):
         if r["family"] not in families:
             continue
         k = (r["w_bits"], r["a_bits"])
-        if k not in cells or (r["accuracy"], -r["luts"]) > (
-            cells[k]["accuracy"],
-            -cells[k]["luts"],
-        ):
+        if k not in cells or (r[key], -r["luts"]) > (cells[k][key], -cells[k]["luts"]):
             cells[k] = r
     return cells
 
 
-def comparison(rows: Sequence[dict], model: str) -> dict[str, Any]:
-    """Best integer vs best minifloat (any ExMy, with or without subnormals) accuracy
-    in every (weight bits, activation bits) cell, the tally, and who is on the front."""
-    ints, fps = best_cells(rows, model, ["int"]), best_cells(rows, model, _FP)
+def comparison(rows: Sequence[dict], model: str, key: str = "accuracy") -> dict[str, Any]:
+    """Best integer vs best minifloat (any ExMy, with or without subnormals) ``key``
+    (test accuracy, or ``test_sqnr_db``) in every (weight bits, activation bits) cell,
+    the tally, and which families are on the accuracy-vs-LUTs front."""
+    ints, fps = best_cells(rows, model, ["int"], key), best_cells(rows, model, _FP, key)
     cells = []
     for k in sorted(set(ints) & set(fps)):
-        i, f = ints[k]["accuracy"], fps[k]["accuracy"]
+        i, f = ints[k][key], fps[k][key]
         winner = "fp" if f > i else "int" if i > f else "tie"
         cells.append({"w_bits": k[0], "a_bits": k[1], "int": i, "fp": f, "winner": winner})
     tally = {w: sum(c["winner"] == w for c in cells) for w in ("fp", "int", "tie")}
@@ -73,23 +74,27 @@ def comparison(rows: Sequence[dict], model: str) -> dict[str, Any]:
 
 
 def plot(rows: Sequence[dict], model: str, out: str | Path) -> list[Path]:
-    """``<model>_heatmaps.png`` (best accuracy per family) and ``<model>_pareto.png``."""
+    """``<model>_heatmaps.png`` (best test accuracy per family and cell),
+    ``<model>_sqnr_heatmaps.png`` (best output SQNR) and ``<model>_pareto.png``."""
     from hwquant.analysis.plots import plot_heatmaps, plot_pareto
 
     out = Path(out)
     mine = _of(rows, model)
     families = [f for f in ("int", "fp", "fp-nosub") if any(r["family"] == f for r in mine)]
-    panels = {}
-    for fam in families:
-        cells = best_cells(rows, model, [fam])
-        panels[fam] = {
-            k: (r["accuracy"], _short(r["weights"], r["acts"], fam)) for k, r in cells.items()
-        }
+    panels: dict[str, dict] = {"accuracy": {}, "test_sqnr_db": {}}
+    for key, cells in panels.items():
+        for fam in families:
+            best = best_cells(rows, model, [fam], key)
+            cells[fam] = {
+                k: (r[key], _short(r["weights"], r["acts"], fam)) for k, r in best.items()
+            }
     pts = [
         dict(r, label=f"W{_short(r['weights'], '', '')}A{_short('', r['acts'], '')}") for r in mine
     ]
     return [
-        plot_heatmaps(panels, out / f"{model}_heatmaps.png", f"{model}: best test accuracy"),
+        plot_heatmaps(panels["accuracy"], out / f"{model}_heatmaps.png", f"{model}: best test accuracy"),
+        plot_heatmaps(panels["test_sqnr_db"], out / f"{model}_sqnr_heatmaps.png",
+                      f"{model}: best output SQNR vs float (dB, test)", "SQNR dB"),
         plot_pareto(pts, out / f"{model}_pareto.png", "luts", "accuracy", f"{model}: accuracy vs LUTs",
                     group_key="family", label_front_only=True),
     ]  # fmt: skip
@@ -139,9 +144,14 @@ def export_front(
 
 
 def write_summary(rows: Sequence[dict], out: str | Path) -> dict[str, Any]:
-    """``summary.json``: per model the comparison and the Pareto front."""
+    """``summary.json``: per model the comparison by accuracy and by SQNR, and the
+    Pareto front."""
     summary = {
-        m: {**comparison(rows, m), "front": [r["key"] for r in front(rows, m)]}
+        m: {
+            "accuracy": comparison(rows, m),
+            "test_sqnr_db": comparison(rows, m, "test_sqnr_db"),
+            "front": [r["key"] for r in front(rows, m)],
+        }
         for m in sorted({r["model"] for r in rows})
     }
     Path(out, "summary.json").write_text(json.dumps(summary, indent=1))
