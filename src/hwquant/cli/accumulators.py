@@ -13,12 +13,12 @@ import argparse
 import json
 from pathlib import Path
 
-from hwquant.cli.common import add_factory_option, positive_int
+from hwquant.cli.common import Subparsers, add_factory_option, positive_int
 
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("accumulators", help="accumulator bounds, A2Q targets and overflow audit")
     p.add_argument(
         "model",

@@ -19,12 +19,12 @@ import argparse
 import json
 from pathlib import Path
 
-from hwquant.cli.common import add_factory_option, positive_int
+from hwquant.cli.common import Subparsers, add_factory_option, positive_int
 
 __all__ = ["add_parser", "calibration_data", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     from hwquant.algorithms import get, names
 
     p = sub.add_parser(

@@ -16,12 +16,16 @@ import argparse
 
 __all__ = [
     "INPUT_SHAPE_HELP",
+    "Subparsers",
     "add_factory_option",
     "check_shape_convention",
     "input_shape",
     "parse_shape",
     "positive_int",
 ]
+
+#: what ``add_subparsers()`` returns (argparse names its class privately; read it here once)
+Subparsers = argparse._SubParsersAction
 
 #: the one ``--input-shape`` convention of every command: the batch dimension first,
 #: as ``hwquant.save_checkpoint`` stores it.

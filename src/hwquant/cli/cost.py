@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from hwquant.cli.common import (
     INPUT_SHAPE_HELP,
+    Subparsers,
     add_factory_option,
     check_shape_convention,
     input_shape,
@@ -42,7 +43,7 @@ def parse_folding(items: list[str] | None) -> dict[str, tuple[int, int]]:
     return out
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("cost", help="FPGA cost estimate (LUT/DSP/BRAM, BOPs, accumulators)")
     p.add_argument("model", type=Path, help="a QONNX file (.onnx) or a hwquant checkpoint (.pt)")
     p.add_argument("--input-shape", type=input_shape, default=None, help=INPUT_SHAPE_HELP)

@@ -7,10 +7,12 @@ import json
 import time
 from pathlib import Path
 
+from hwquant.cli.common import Subparsers
+
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="train a W4A4 CNN on digits (the main end-to-end job)")
     p.add_argument("--weight-bits", type=int, default=4)
     p.add_argument("--act-bits", type=int, default=4)

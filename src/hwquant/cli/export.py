@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hwquant.cli.common import (
     INPUT_SHAPE_HELP,
+    Subparsers,
     add_factory_option,
     check_shape_convention,
     input_shape,
@@ -28,7 +29,7 @@ from hwquant.cli.common import (
 __all__ = ["add_parser", "parse_shape", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="export a quantized model to QONNX or QCDQ ONNX")
     p.add_argument("checkpoint", help="a hwquant model file (hwquant.save_checkpoint)")
     p.add_argument(

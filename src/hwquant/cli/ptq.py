@@ -22,7 +22,7 @@ import copy
 import json
 from pathlib import Path
 
-from hwquant.cli.common import positive_int
+from hwquant.cli.common import Subparsers, positive_int
 
 __all__ = ["BUILTIN", "add_parser", "run"]
 
@@ -50,7 +50,7 @@ def _algorithms(text: str) -> list[str]:
     return steps
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("ptq", help="post-training quantization of a float model on digits")
     p.add_argument("model", help=f"{' or '.join(BUILTIN)}, or a float model file")
     p.add_argument("--weights", type=_format, default="int4n", help="weight format (int4n)")

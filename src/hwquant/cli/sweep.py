@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hwquant.cli.common import positive_int
+from hwquant.cli.common import Subparsers, positive_int
 
 __all__ = ["add_parser", "bits", "run"]
 
@@ -43,7 +43,7 @@ def _list(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser("sweep", help="integer vs minifloat PTQ design-space sweep")
     p.add_argument("--models", type=_list, default=["digits-cnn"],
                    help="digits-cnn, digits-transformer (comma-separated)")  # fmt: skip

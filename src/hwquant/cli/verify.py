@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from hwquant.checkpoint import load_checkpoint, load_data
-from hwquant.cli.common import add_factory_option, positive_int
+from hwquant.cli.common import Subparsers, add_factory_option, positive_int
 
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "verify", help="compare an exported graph with torch (qonnx, onnxruntime, hls4ml)"
     )
