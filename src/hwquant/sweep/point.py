@@ -190,35 +190,26 @@ def _validation(settings: Settings) -> torch.Tensor:
     return val
 
 
-def _score(model: nn.Module, base: nn.Module, settings: Settings) -> dict[str, float]:
+def _score(model: nn.Module, reference: dict[str, torch.Tensor], settings: Settings) -> dict:
     from hwquant.analysis.sqnr import sqnr_db
 
     x_test, y_test = sweep_data(settings.seed).test.dataset.tensors
-    x_val = _validation(settings)
     with torch.no_grad():
         out = model(x_test)
         return {
             "accuracy": float((out.argmax(1) == y_test).double().mean()),
-            "val_sqnr_db": round(sqnr_db(_reference(base, x_val), model(x_val)), 6),
-            "test_sqnr_db": round(sqnr_db(_reference(base, x_test), out), 6),
+            "val_sqnr_db": round(sqnr_db(reference["val"], model(_validation(settings))), 6),
+            "test_sqnr_db": round(sqnr_db(reference["test"], out), 6),
         }
-
-
-_REFERENCE: dict[tuple[int, int], torch.Tensor] = {}
-
-
-def _reference(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The float model's output on ``x`` (computed once per process)."""
-    key = (id(base), id(x))
-    if key not in _REFERENCE:
-        _REFERENCE[key] = base(x)
-    return _REFERENCE[key]
 
 
 def evaluate_point(point: Point, settings: Settings) -> dict[str, Any]:
     """The point's row: every technique's scores, the winner, and the hardware cost."""
     with _one_thread():
         base = _base(point, settings)
+        with torch.no_grad():  # the float model's outputs, for every technique's SQNR
+            x_test = sweep_data(settings.seed).test.dataset.tensors[0]
+            reference = {"val": base(_validation(settings)), "test": base(x_test)}
         results: dict[str, dict] = {}
         models, model = _Models(point, settings), None
         for t in settings.techniques:
@@ -228,7 +219,7 @@ def evaluate_point(point: Point, settings: Settings) -> dict[str, Any]:
                 results[t] = {"error": str(e).splitlines()[0]}
                 continue
             model = model or q
-            results[t] = _score(q, base, settings)
+            results[t] = _score(q, reference, settings)
         scored = [t for t in settings.techniques if "error" not in results[t]]
         if not scored:
             raise ValueError(f"{point.key}: no technique applies ({results})")
