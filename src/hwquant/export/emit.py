@@ -6,7 +6,8 @@ manager :func:`emitting` sets the state slots the modules already have
 ``QuantAvgPool2d._forward``) to functions that call
 ``torch.onnx.ops.symbolic("qonnx.custom_op.general::Quant", ...)``; everything is
 restored in ``finally``. Which operator a quantizer becomes is chosen by a
-registry keyed by its number format (:func:`quant_emitter`):
+registry keyed by its number format (:func:`quant_emitter`), filled by the op
+modules of :mod:`hwquant.export.ops` (each owns its node's inputs and attributes):
 
 - ``IntFormat`` / ``TernaryFormat`` → ``Quant(x, s, z, bits)``
   (y = (round(clamp(x/s + z, q_min, q_max)) − z)·s, the same formula as
@@ -36,66 +37,45 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwquant.core.rounding import QONNX_NAMES
+from hwquant.export.ops import (
+    EMITTERS,
+    GROUP_KEY,
+    PATH_KEY,
+    QONNX_DOMAIN,
+    QONNX_OPSET,
+    SPEC_KEY,
+    TRUNC,
+    Emitter,
+    QuantParams,
+    quant_emitter,
+)
+from hwquant.export.ops.base import scalar
 from hwquant.nn.kinds import is_quantized, kind_of
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.pool import QuantAvgPool2d
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
-from hwquant.spec.formats import (
-    BipolarFormat,
-    Format,
-    FormatRegistry,
-    IntFormat,
-    MinifloatFormat,
-    TernaryFormat,
-)
+from hwquant.spec.formats import IntFormat
 from hwquant.spec.quant_spec import QuantSpec
 
 __all__ = [
+    "EMITTERS",
     "GROUP_KEY",
     "PATH_KEY",
     "QONNX_DOMAIN",
     "QONNX_OPSET",
     "SPEC_KEY",
+    "Emitter",
     "QuantParams",
     "check_ready",
     "emitting",
     "quant_emitter",
 ]
-
-QONNX_DOMAIN = "qonnx.custom_op.general"
-#: Trunc v2 (6 inputs) needs opset 2 of the qonnx domain (REFERENCE.md §4).
-QONNX_OPSET = 2
-
-
-@dataclass(frozen=True)
-class QuantParams:
-    """Constant parameters of one quantizer, ready to become initializers.
-
-    ``scale`` / ``zero_point`` broadcast against the quantized tensor (per-group
-    scales are expanded to the tensor's own rank)."""
-
-    path: str
-    spec: QuantSpec
-    scale: Tensor
-    zero_point: Tensor | None
-
-
-Emitter = Callable[[Tensor, QuantParams], Tensor]
-#: format type → the function writing its ONNX node(s) (a 1-bit signed IntFormat is
-#: BipolarFormat: registries dispatch on ``fmt.canonical()``).
-EMITTERS: FormatRegistry[Emitter] = FormatRegistry("QONNX emitter")
-
-
-def quant_emitter(*formats: type[Format]) -> Callable[[Emitter], Emitter]:
-    """Register the function that writes the ONNX node(s) for quantizers of ``formats``."""
-    return EMITTERS.register(*formats)
 
 
 def _emitter_for(p: QuantParams) -> Emitter:
@@ -110,78 +90,6 @@ def _emitter_for(p: QuantParams) -> Emitter:
     if p.spec.rounding not in QONNX_NAMES:
         raise ValueError(f"{p.path}: rounding {p.spec.rounding!r} has no QONNX rounding_mode")
     return fn
-
-
-#: node metadata key holding the module path of the quantizer that wrote the node.
-PATH_KEY = "hwquant.module"
-#: node metadata key holding ``QuantSpec.describe()`` / the per-group layout.
-SPEC_KEY = "hwquant.spec"
-GROUP_KEY = "hwquant.group"
-
-
-def _symbolic(
-    op: str, inputs: tuple[Tensor, ...], attrs: dict, like: Tensor, meta: dict[str, str]
-) -> Tensor:
-    return torch.onnx.ops.symbolic(
-        f"{QONNX_DOMAIN}::{op}",
-        inputs,
-        attrs,
-        dtype=like.dtype,
-        shape=like.shape,
-        version=QONNX_OPSET,
-        metadata_props=meta,
-    )
-
-
-def _meta(p: QuantParams) -> dict[str, str]:
-    meta = {PATH_KEY: p.path, SPEC_KEY: p.spec.describe()}
-    g = p.spec.granularity
-    if g.kind == "group":
-        meta[GROUP_KEY] = f"{g.axis},{g.group_size}"
-    return meta
-
-
-def _const(v: float) -> Tensor:
-    return torch.tensor(float(v), dtype=torch.float32)
-
-
-@quant_emitter(IntFormat, TernaryFormat)
-def _emit_int(x: Tensor, p: QuantParams) -> Tensor:
-    fmt = p.spec.format
-    narrow = fmt.narrow
-    z = p.zero_point if p.zero_point is not None else _const(0.0)
-    attrs = {
-        "signed": int(fmt.signed),
-        "narrow": int(narrow),
-        "rounding_mode": QONNX_NAMES[p.spec.rounding],
-    }
-    return _symbolic("Quant", (x, p.scale, z, _const(fmt.bits)), attrs, x, _meta(p))
-
-
-@quant_emitter(BipolarFormat)
-def _emit_bipolar(x: Tensor, p: QuantParams) -> Tensor:
-    return _symbolic("BipolarQuant", (x, p.scale), {}, x, _meta(p))
-
-
-@quant_emitter(MinifloatFormat)
-def _emit_float(x: Tensor, p: QuantParams) -> Tensor:
-    fmt: MinifloatFormat = p.spec.format  # type: ignore[assignment]
-    attrs = {
-        "has_inf": int(fmt.has_inf),
-        "has_nan": int(fmt.has_nan),
-        "has_subnormal": int(fmt.has_subnormal),
-        "saturation": int(fmt.saturating),
-        "rounding_mode": QONNX_NAMES[p.spec.rounding],
-    }
-    inputs = (
-        x,
-        p.scale,
-        _const(fmt.exponent_bits),
-        _const(fmt.mantissa_bits),
-        _const(fmt.bias),
-        _const(fmt.max_value),
-    )
-    return _symbolic("FloatQuant", inputs, attrs, x, _meta(p))
 
 
 # ---------------------------------------------------------------- constant parameters
@@ -305,15 +213,14 @@ def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tens
         s = iq.scale().detach().float().clone()
         in_scale = s / pool.window
         out_scale = s * (2.0**pool.trunc_bits / pool.window)
-    attrs = {"signed": int(fmt.signed), "narrow": int(fmt.narrow), "rounding_mode": "FLOOR"}
-    in_bits = _const(fmt.bits + pool.trunc_bits)
+    in_bits = scalar(fmt.bits + pool.trunc_bits)
 
     def forward(x: Tensor) -> Tensor:
         x = pool.input_quant(x)  # emits Quant
         # count_include_pad: hwquant divides every window sum by k² (divisor_override=1).
         m = F.avg_pool2d(x, pool.kernel_size, pool.stride, pool.padding, False, True)
-        inputs = (m, in_scale, _const(0.0), in_bits, out_scale, _const(fmt.bits))
         meta = {PATH_KEY: path, SPEC_KEY: f"sum of {pool.window} codes >> {pool.trunc_bits}"}
-        return pool.output_quant(_symbolic("Trunc", inputs, attrs, m, meta))
+        y = TRUNC.emit(m, in_scale, in_bits, out_scale, fmt.bits, fmt.signed, fmt.narrow, meta)
+        return pool.output_quant(y)
 
     return forward

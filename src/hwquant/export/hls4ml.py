@@ -45,22 +45,24 @@ __all__ = [
 ]
 
 DEFAULT_PRECISION = "fixed<48,16>"
-_UNSUPPORTED = ("FloatQuant", "Trunc", "QuantizeLinear", "DequantizeLinear")
-_ROUNDING = ("ROUND", "FLOOR")
+#: standard ops hls4ml does not take (the QONNX ops say so themselves:
+#: ``OnnxOp.hls4ml_reject_type`` / ``OnnxOp.hls4ml_rejects`` in :mod:`hwquant.export.ops`).
+_UNSUPPORTED = ("QuantizeLinear", "DequantizeLinear")
 
 
 def hls4ml_rejects_ops(op_types: Iterable[str]) -> str | None:
     """Why hls4ml cannot take a graph with these op types (None if it may)."""
     from hls4ml.converters import get_supported_onnx_layers
 
+    from hwquant.export import ops
+
     present = set(op_types)
     for op in _UNSUPPORTED:
         if op in present:
             return f"hls4ml does not take {op}"
-    if "BipolarQuant" in present:
-        # listed by hls4ml, but its conversion crashes (IndexError) on every binary
-        # graph tried, unit scales included (pinned in tests/export/test_hls4ml.py)
-        return "hls4ml 1.3 fails to convert BipolarQuant graphs"
+    for qop in ops.all_ops():
+        if qop.hls4ml_reject_type and qop.op_type in present:
+            return qop.hls4ml_reject_type
     known = set(get_supported_onnx_layers()) | {"Gemm", "Dropout", "Identity"}
     missing = sorted(present - known)
     return f"hls4ml has no converter for {', '.join(missing)}" if missing else None
@@ -74,27 +76,17 @@ def hls4ml_rejects(proto: onnx.ModelProto) -> str | None:
     quantization scales down MatMul node")."""
     from onnx import numpy_helper
 
+    from hwquant.export import ops
+
     why = hls4ml_rejects_ops(n.op_type for n in proto.graph.node)
     if why:
         return why
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for n in proto.graph.node:
-        if n.op_type != "Quant":
-            continue
-        mode = next((a.s.decode() for a in n.attribute if a.name == "rounding_mode"), "ROUND")
-        if mode.upper() not in _ROUNDING:
-            return f"hls4ml takes Quant rounding ROUND or FLOOR only, {n.name} uses {mode}"
-        s = inits.get(n.input[1])
-        z = inits.get(n.input[2])
-        if s is None or z is None:
-            return f"{n.name}: scale / zero point are not constants"
-        if s.size > 1 and not np.all(s == s.reshape(-1)[0]):
-            return f"hls4ml cannot propagate per-channel scales ({n.name}, {s.size} scales)"
-        mant, _ = np.frexp(float(s.reshape(-1)[0]))
-        if mant != 0.5:
-            return f"hls4ml needs power-of-two scales, {n.name} has {float(s.reshape(-1)[0])}"
-        if np.any(z != 0):
-            return f"hls4ml needs zero points of 0 ({n.name})"
+        op = ops.find(n.op_type)
+        why = None if op is None else op.hls4ml_rejects(n, inits)
+        if why:
+            return why
     return None
 
 

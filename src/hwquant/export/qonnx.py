@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from hwquant.algorithms.common import eval_mode
+from hwquant.export import ops
 from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, check_ready, emitting
 from hwquant.nn.codes import accumulator_bits
 from hwquant.nn.quantizer import Quantizer
@@ -308,14 +309,7 @@ def _fix_header(proto: onnx.ModelProto) -> None:
 
 #: never folded into constants by the cleanup (qonnx's own cleanup_model keeps only
 #: Quant / BipolarQuant / Q / DQ and would fold minifloat weights into plain floats).
-PRESERVED_OPS = (
-    "Quant",
-    "BipolarQuant",
-    "FloatQuant",
-    "Trunc",
-    "QuantizeLinear",
-    "DequantizeLinear",
-)
+PRESERVED_OPS = (*ops.names(), "QuantizeLinear", "DequantizeLinear")
 
 
 def _qonnx_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -68,8 +68,9 @@ import torch
 from torch import Tensor, nn
 
 from hwquant.algorithms.common import eval_mode
+from hwquant.export import ops
 from hwquant.export.batch import batch_of, inferred, rebatched, with_batch
-from hwquant.export.emit import PATH_KEY, QONNX_DOMAIN
+from hwquant.export.ops import PATH_KEY, QONNX_DOMAIN, Step
 from hwquant.export.qonnx import Inputs, as_inputs, check_example
 from hwquant.spec.formats import ONNX_FLOAT8
 
@@ -219,10 +220,10 @@ class VerifyReport:
 # ---------------------------------------------------------------- graph helpers
 def graph_kind(proto: onnx.ModelProto) -> str:
     """``"qonnx"`` if the graph has QONNX ops, ``"qcdq"`` if it has Q/DQ, else ``"onnx"``."""
-    ops = {(n.domain, n.op_type) for n in proto.graph.node}
-    if any(d == QONNX_DOMAIN or t in ("Quant", "BipolarQuant", "Trunc") for d, t in ops):
+    types = {(n.domain, n.op_type) for n in proto.graph.node}
+    if any(d == QONNX_DOMAIN or ops.find(t) is not None for d, t in types):
         return "qonnx"
-    if any(t in ("QuantizeLinear", "DequantizeLinear") for _, t in ops):
+    if any(t in ("QuantizeLinear", "DequantizeLinear") for _, t in types):
         return "qcdq"
     return "onnx"
 
@@ -247,31 +248,8 @@ def read_graph(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------- output steps
-@dataclass(frozen=True)
-class _Step:
-    """Step of a tensor's grid: fixed ``scale`` (broadcastable), or, with
-    ``mantissa_bits`` set, a minifloat grid whose step depends on the value."""
-
-    scale: np.ndarray
-    mantissa_bits: int | None = None
-    min_exponent: int = 0
-
-    def scalar(self) -> _Step:
-        return _Step(np.asarray(np.min(self.scale)), self.mantissa_bits, self.min_exponent)
-
-    def at(self, ref: np.ndarray) -> np.ndarray:
-        s = self.scale if _broadcasts(self.scale.shape, ref.shape) else np.min(self.scale)
-        if self.mantissa_bits is None:
-            return np.broadcast_to(s, ref.shape)
-        v = np.abs(ref / s)
-        e = np.floor(np.log2(np.maximum(v, np.finfo(np.float64).tiny)))
-        return s * 2.0 ** (np.maximum(e, self.min_exponent) - self.mantissa_bits)
-
-
-def _broadcasts(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    if len(a) > len(b):
-        return False
-    return all(x in (1, y) for x, y in zip(reversed(a), reversed(b), strict=False))
+#: the grid step of a tensor (kept under its old name; see :class:`hwquant.export.ops.Step`).
+_Step = Step
 
 
 _PASS_SHAPED = {"Relu", "MaxPool", "Identity", "Dropout", "Clip", "Pad", "Max", "Min", "Neg"}
@@ -321,7 +299,12 @@ class _StepFinder:
             self.memo[name] = self._find(name)
         return self.memo[name]
 
-    def _attr(self, node: Any, name: str, default: Any) -> Any:
+    def const(self, name: str) -> np.ndarray | None:
+        """The float64 value of an initializer (``GraphView``), else None."""
+        return self.inits.get(name)
+
+    def attr(self, node: Any, name: str, default: Any = None) -> Any:
+        """Attribute of a node (``GraphView``), else ``default``."""
         from onnx import helper
 
         for a in node.attribute:
@@ -335,21 +318,9 @@ class _StepFinder:
             return None
         op, ins = n.op_type, n.input
         const = self.inits.get
-        if op == "Quant":
-            s, bits = const(ins[1]), const(ins[3])
-            if s is None or bits is None:
-                return None
-            signed = self._attr(n, "signed", 1)
-            return _Step(s * 2 if int(bits) == 1 and signed else s)
-        if op == "BipolarQuant":
-            s = const(ins[1])
-            return None if s is None else _Step(2 * s)
-        if op == "FloatQuant":
-            s, m, b = const(ins[1]), const(ins[3]), const(ins[4])
-            return None if s is None else _Step(s, int(m), int(1 - b))
-        if op == "Trunc":
-            s = const(ins[4])
-            return None if s is None else _Step(s)
+        qonnx_op = ops.find(op)
+        if qonnx_op is not None:  # Quant, BipolarQuant, FloatQuant, Trunc: the op knows
+            return qonnx_op.step(n, self)
         if op == "DequantizeLinear":
             return self._dq(n)
         if op in ("Floor", "Ceil", "Round"):
@@ -361,7 +332,7 @@ class _StepFinder:
             return None if st is None else st.scalar()
         if op == "AveragePool":
             st = self(ins[0])
-            k = float(np.prod(self._attr(n, "kernel_shape", [1])))
+            k = float(np.prod(self.attr(n, "kernel_shape", [1])))
             return None if st is None or st.mantissa_bits else _Step(st.scale / k)
         if op in ("Concat", "Add", "Sub"):
             steps = [self(i) for i in ins]
@@ -387,7 +358,7 @@ class _StepFinder:
             if rank is None:
                 s = np.asarray(np.min(s))
             else:
-                axis = self._attr(n, "axis", 1) % rank
+                axis = self.attr(n, "axis", 1) % rank
                 s = s.reshape([-1 if i == axis else 1 for i in range(rank)])
         if zp_type in _fp8_types():
             m, e_min = _fp8_types()[zp_type]
@@ -404,12 +375,12 @@ class _StepFinder:
         if sw.size > 1:
             non1 = [i for i, d in enumerate(sw.shape) if d > 1]
             out_axis = {
-                "Gemm": 0 if self._attr(n, "transB", 0) else 1,
+                "Gemm": 0 if self.attr(n, "transB", 0) else 1,
                 "MatMul": sw.ndim - 1,
                 "Conv": 0,
                 "ConvTranspose": 1,
             }[op]
-            if non1 != [out_axis] or (op == "ConvTranspose" and self._attr(n, "group", 1) != 1):
+            if non1 != [out_axis] or (op == "ConvTranspose" and self.attr(n, "group", 1) != 1):
                 sw = np.asarray(np.min(sw))
             elif op in ("Gemm", "MatMul"):
                 sw = sw.reshape(1, -1)
@@ -684,21 +655,15 @@ def _backend_notes(backend: str, proto: onnx.ModelProto) -> str:
     if backend == "onnxruntime-noopt":
         return "ORT_DISABLE_ALL (the graph as written)"
     if backend == "qonnx":
-        from onnx import helper
-
-        paths = [
-            next((m.value for m in n.metadata_props if m.key == PATH_KEY), n.name)
-            for n in proto.graph.node
-            if n.op_type == "FloatQuant"
-            and any(
-                a.name == "has_subnormal" and not helper.get_attribute_value(a) for a in n.attribute
-            )
-        ]
-        if paths:
-            return (
-                "qonnx's executor ignores has_subnormal=0 (it rounds to subnormals torch "
-                f"flushes) at {', '.join(paths)}"
-            )
+        caveats: dict[str, list[str]] = {}  # what qonnx's executor does differently → where
+        for n in proto.graph.node:
+            op = ops.find(n.op_type)
+            why = None if op is None else op.qonnx_caveat(n)
+            if why:
+                where = next((m.value for m in n.metadata_props if m.key == PATH_KEY), n.name)
+                caveats.setdefault(why, []).append(where)
+        if caveats:
+            return "; ".join(f"{why} at {', '.join(ps)}" for why, ps in caveats.items())
     if backend == "hls4ml":
         from hwquant.export.hls4ml import DEFAULT_PRECISION
 

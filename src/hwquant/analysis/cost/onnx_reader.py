@@ -1,7 +1,9 @@
 """QONNX graph → LayerRecords.
 
 Reads the QONNX conventions (REFERENCE.md §4): ``Quant`` / ``BipolarQuant`` /
-``FloatQuant`` / ``Trunc`` nodes in domain ``qonnx.custom_op.general``; weights as
+``FloatQuant`` / ``Trunc`` nodes in domain ``qonnx.custom_op.general`` (what a node
+means — its format, the codes of a quantized weight — is asked of its op module in
+:mod:`hwquant.export.ops`: ``OnnxOp.read_format`` / ``OnnxOp.weight_codes``); weights as
 float initializers followed by a ``Quant``; standard ``Conv`` / ``ConvTranspose`` /
 ``Gemm`` / ``MatMul``. A layer's input format is the quantizer found walking back
 from its input through layout ops (Reshape, Flatten, Transpose, MaxPool, Relu, …);
@@ -34,13 +36,8 @@ from typing import Any
 import numpy as np
 
 from hwquant.analysis.cost.records import LayerRecord
-from hwquant.spec.formats import (
-    BipolarFormat,
-    Format,
-    IntFormat,
-    MinifloatFormat,
-    TernaryFormat,
-)
+from hwquant.export import ops
+from hwquant.spec.formats import BipolarFormat, Format, IntFormat, TernaryFormat
 
 __all__ = [
     "QONNX_QUANT_OPS",
@@ -55,7 +52,8 @@ __all__ = [
     "weight_quantizer",
 ]
 
-QONNX_QUANT_OPS = ("Quant", "IntQuant", "BipolarQuant", "FloatQuant", "Trunc", "MultiThreshold")
+#: the QONNX ops (and aliases) of the op registry, and FINN's MultiThreshold.
+QONNX_QUANT_OPS = (*ops.op_types(), "MultiThreshold")
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: ops that move or select quantized values without changing their grid
 _LAYOUT_OPS = {
@@ -91,17 +89,6 @@ _TO_THRESHOLD_OPS = _LAYOUT_OPS | {
     "HardSigmoid",
     "LeakyRelu",
     "PRelu",
-}
-
-_ROUND = {
-    "ROUND": np.round,
-    "HALF_EVEN": np.round,
-    "FLOOR": np.floor,
-    "CEIL": np.ceil,
-    "DOWN": np.trunc,
-    "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)),
-    "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
-    "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5),
 }
 
 
@@ -227,56 +214,14 @@ def datatype_format(name: str | None) -> Format | None:
 def _quant_format(g: OnnxGraph, node: Any) -> Format | None:
     """The number format a QONNX quantizer node produces (None: not an integer-like
     grid hwquant models, e.g. a MultiThreshold with a float output type)."""
-    op = node.op_type
-    if op == "BipolarQuant":
-        return BipolarFormat()
-    if op == "MultiThreshold":
+    if node.op_type == "MultiThreshold":  # FINN's, not an op hwquant writes
         return datatype_format(g.attr(node, "out_dtype", ""))
-    if op == "FloatQuant":
-        e = int(g.const(node.input[2]).item())
-        m = int(g.const(node.input[3]).item())
-        bias = g.const(node.input[4]) if len(node.input) > 4 else None
-        return MinifloatFormat(
-            e,
-            m,
-            bias=int(bias.item()) if bias is not None else None,
-            has_subnormal=bool(g.attr(node, "has_subnormal", 1)),
-            has_inf=bool(g.attr(node, "has_inf", 0)),
-            has_nan=bool(g.attr(node, "has_nan", 0)),
-            saturating=bool(g.attr(node, "saturation", 1)),
-        )
-    bits_input = node.input[5] if op == "Trunc" else node.input[3]
-    bits = g.const(bits_input)
-    if bits is None:
-        raise ValueError(f"{op} node {node.name!r}: its bit width is not a constant")
-    signed = bool(g.attr(node, "signed", 1))
-    narrow = bool(g.attr(node, "narrow", 0))
-    b = round(float(bits.item()))
-    return IntFormat(b, signed=signed, narrow=narrow and b > 1)
+    return ops.op_for(node.op_type).read_format(node, g)
 
 
 def _integer_weights(g: OnnxGraph, node: Any, fmt: Format) -> np.ndarray | None:
     """Integer codes of a quantized constant weight (Quant / BipolarQuant)."""
-    x = g.const(node.input[0])
-    if node.op_type == "BipolarQuant":
-        return np.where(x >= 0, 1.0, -1.0)
-    if not fmt.integer_codes:
-        return None
-    s = g.const(node.input[1])
-    if s is None:
-        raise ValueError(
-            f"{node.op_type} node {node.name!r}: its scale {node.input[1]!r} is not a constant "
-            "(no initializer of that name)"
-        )
-    z = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
-    if z is None:
-        raise ValueError(
-            f"{node.op_type} node {node.name!r}: its zero point {node.input[2]!r} is not a "
-            "constant (no initializer of that name)"
-        )
-    rnd = _ROUND.get(g.attr(node, "rounding_mode", "ROUND"), np.round)
-    v = np.clip(x / s + z, fmt.min_int, fmt.max_int)
-    return rnd(v) - z
+    return ops.op_for(node.op_type).weight_codes(node, g, fmt)
 
 
 def _weight(g: OnnxGraph, name: str) -> tuple[np.ndarray, Format | None, np.ndarray | None] | None:
@@ -293,7 +238,8 @@ def _weight(g: OnnxGraph, name: str) -> tuple[np.ndarray, Format | None, np.ndar
         perm = g.attr(node, "perm")
         x, fmt, q = inner
         return np.transpose(x, perm), fmt, None if q is None else np.transpose(q, perm)
-    if node is None or node.op_type not in ("Quant", "IntQuant", "BipolarQuant", "FloatQuant"):
+    op = None if node is None else ops.find(node.op_type)
+    if op is None or not op.quantizes_weights:
         return None
     x = g.const(node.input[0])
     if x is None:
@@ -349,7 +295,8 @@ def weight_quantizer(g: OnnxGraph, name: str) -> Any | None:
     n = g.producer.get(name)
     while n is not None and n.op_type in ("Identity", "Transpose"):
         n = g.producer.get(n.input[0])
-    ok = n is not None and n.op_type in ("Quant", "IntQuant", "BipolarQuant")
+    op = None if n is None else ops.find(n.op_type)
+    ok = op is not None and op.quantizes_weights and op.integer_codes
     return n if ok and g.const(n.input[0]) is not None else None
 
 
