@@ -118,3 +118,51 @@ def test_bad_config():
         adaround.AdaRoundConfig(warmup=1.0)
     with pytest.raises(ValueError, match=r"AdaRoundConfig\.iterations"):
         adaround.AdaRoundConfig(iterations=0)
+
+
+@pytest.mark.parametrize("beta", [None, 20.0, 2.0, 1.5])
+@pytest.mark.parametrize("path", ["exact", "rows"])
+def test_written_out_gradient_matches_autograd(beta, path):
+    torch.manual_seed(0)
+    G, C, K, n = 2, 5, 7, 30
+    W, X = torch.randn(G, C, K, dtype=torch.float64), torch.randn(G, n, K, dtype=torch.float64)
+    base, step = (W * 2).floor() / 2, torch.full_like(W, 0.5)
+    V = adaround._inverse_rectified_sigmoid((W - base) / step) + 0.3 * torch.randn_like(W)
+    V[0, 0, :2] = torch.tensor([5.0, -5.0])  # clipped: no gradient
+    if path == "exact":
+        grad = adaround._exact_gradient(W, X.transpose(1, 2) @ X)
+    else:
+        grad = adaround._minibatch_gradient(W, X, n, 0)
+    g = adaround._VGradient(W, base, step, grad, 0.01)(V, beta).clone()
+    Vr = V.clone().requires_grad_(True)
+    h = adaround.rectified_sigmoid(Vr)
+    D = W - (base + h * step)
+    loss = (X @ D.transpose(1, 2)).pow(2).sum() / (X @ W.transpose(1, 2)).pow(2).sum()
+    if beta is not None:
+        loss = loss + 0.01 * (1 - (2 * h - 1).abs().pow(beta)).mean()
+    loss.backward()
+    torch.testing.assert_close(g, Vr.grad, rtol=1e-9, atol=1e-15)
+
+
+def test_minibatches_of_rows_beat_round_to_nearest_and_reproduce():
+    # K = 32 > 2 · 8 rows per step: the minibatch path with a seeded row order
+    x = torch.randn(256, 24, generator=torch.Generator().manual_seed(1))
+    cfg = adaround.AdaRoundConfig(iterations=300, batch_rows=8, lr=5e-2)
+    runs = []
+    for _ in range(2):
+        m = _mlp(FORMATS["int3"])
+        report = adaround.apply(m, x, cfg)
+        assert report.layers[1].adaround_error < report.layers[1].rtn_error
+        runs.append([layer.weight.clone() for layer in (m[0], m[2])])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_config_errors_name_field_value_and_range():
+    with pytest.raises(
+        ValueError, match=r"AdaRoundConfig\.lr must be a number in \(0, ∞\), got -1"
+    ):
+        adaround.AdaRoundConfig(lr=-1)
+    with pytest.raises(ValueError, match=r"AdaRoundConfig\.batch_rows must be an int in \[1, ∞\)"):
+        adaround.AdaRoundConfig(batch_rows=2.5)
+    with pytest.raises(ValueError, match=r"AdaRoundConfig\.beta"):
+        adaround.AdaRoundConfig(beta=(20.0, 0.0))

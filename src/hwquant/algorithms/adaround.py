@@ -13,7 +13,11 @@ and V is learned by minimising
     ‖WX − W̃X‖² / ‖WX‖² + λ · mean(1 − |2h(V) − 1|^β)
 
 with β annealed linearly from ``beta[0]`` to ``beta[1]`` after a warm-up without the
-regulariser. V starts where h(V) is the fractional position of w/s between its
+regulariser, by Adam on V. The gradient is written out (no autograd, buffers made
+once; the grid neighbours are found once before the loop): from minibatches of
+``batch_rows`` rows in a seeded order, or — when that is no more work, K ≤ 2 ·
+rows per step — exactly over all calibration rows from H = Σ x xᵀ
+(2 (W − W̃) H / tr(W H Wᵀ)), so a run is bit-reproducible for a seed. V starts where h(V) is the fractional position of w/s between its
 neighbours. At the end h ≥ 0.5 rounds up, the weight is written on the grid and the
 scale is fixed (:meth:`~hwquant.nn.quantizer.Quantizer.fix_scale`).
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +51,8 @@ from hwquant.algorithms.common import (
     batches,
     calibrate_activations,
     captured_inputs,
+    check_bool,
+    check_range,
     conv_equivalent_weight,
     eval_mode,
     input_rows,
@@ -71,14 +78,17 @@ ZETA, GAMMA = 1.1, -0.1
 
 @dataclass(frozen=True)
 class AdaRoundConfig:
-    """iterations: optimisation steps per layer; lr: Adam step on V; reg_weight: λ;
-    beta: (start, end) of the annealed exponent; warmup: fraction of the iterations
-    without the regulariser; seed: row sampling; batch_rows: rows per step;
-    max_rows: rows kept per layer (sampled); max_batches: calibration batches used;
-    calibrate: calibrate the activation quantizers on the data first."""
+    """iterations: optimisation steps per layer (the paper uses 10 000 at lr 1e-3;
+    with the exact or minibatch gradient written out, 500 steps at lr 1 reach lower
+    errors on the digits CNN and a 1024×1024 layer, and lr 3 diverges); lr: Adam
+    step on V; reg_weight: λ; beta: (start, end) of the annealed exponent; warmup:
+    fraction of the iterations without the regulariser; seed: row sampling;
+    batch_rows: rows per step; max_rows: rows kept per layer (sampled); max_batches:
+    calibration batches used; calibrate: calibrate the activation quantizers on the
+    data first."""
 
-    iterations: int = 1000
-    lr: float = 1e-2
+    iterations: int = 500
+    lr: float = 1.0
     reg_weight: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
@@ -90,23 +100,20 @@ class AdaRoundConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_rows", "max_rows", "max_batches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"AdaRoundConfig.{name} must be a positive int, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"AdaRoundConfig.seed must be an int, got {self.seed!r}")
-        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"AdaRoundConfig.lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.reg_weight, int | float) and self.reg_weight >= 0):
-            raise ValueError(f"AdaRoundConfig.reg_weight must be ≥ 0, got {self.reg_weight!r}")
-        if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"AdaRoundConfig.warmup must be in [0, 1), got {self.warmup}")
-        b = tuple(self.beta)
-        if len(b) != 2 or not all(isinstance(v, int | float) and v > 0 for v in b):
-            raise ValueError(f"AdaRoundConfig.beta must be two positive numbers, got {self.beta!r}")
+            check_range(self, name, 1, integer=True)
+        check_range(self, "seed", integer=True)
+        check_range(self, "lr", 0, lo_open=True)
+        check_range(self, "reg_weight", 0)
+        check_range(self, "warmup", 0, 1, hi_open=True)
+        b = tuple(self.beta) if isinstance(self.beta, tuple | list) else ()
+        if len(b) != 2 or not all(
+            not isinstance(v, bool) and isinstance(v, int | float) and 0 < v < math.inf for v in b
+        ):
+            raise ValueError(
+                f"AdaRoundConfig.beta must be two numbers in (0, ∞) (start, end), got {self.beta!r}"
+            )
         object.__setattr__(self, "beta", (float(b[0]), float(b[1])))
-        if not isinstance(self.calibrate, bool):
-            raise ValueError("AdaRoundConfig.calibrate must be a bool")
+        check_bool(self, "calibrate")
 
 
 @dataclass
@@ -210,31 +217,129 @@ def _collect(model: nn.Module, layer: nn.Module, xs: list[Tensor]) -> tuple[Tens
     return X, Xd.transpose(1, 2) @ Xd
 
 
-def _optimise(W: Tensor, base: Tensor, step: Tensor, frac: Tensor, X: Tensor, config) -> Tensor:
-    """Hard rounding decisions h ∈ {0, 1} [G, C, K] (module docstring)."""
-    gen = torch.Generator().manual_seed(config.seed)
-    V = _inverse_rectified_sigmoid(frac).clone().requires_grad_(True)
-    opt = torch.optim.Adam([V], lr=config.lr)
-    n = X.shape[1]
+#: |V| at which h(V) reaches 0 or 1: σ(V) = (1 − γ) / (ζ − γ) = 11/12, V = ln 11.
+V_EDGE = math.log((1 - GAMMA) / (ZETA - 1))
+
+#: ∂/∂D of the reconstruction loss: ``grad(D, out)`` writes [G, C, K] into ``out``.
+Gradient = Callable[[Tensor, Tensor], None]
+
+
+def _exact_gradient(W: Tensor, H: Tensor) -> Gradient:
+    """∂/∂D ‖D Xᵀ‖² / ‖W Xᵀ‖² over all rows: 2 D H / tr(W H Wᵀ) (one product)."""
+    den = torch.einsum("gck,gkl,gcl->", W.double(), H, W.double()).clamp(min=1e-30)
+    H2 = (H * (2.0 / den)).to(W.dtype)  # [G, K, K], the constant folded in
+
+    def grad(D: Tensor, out: Tensor) -> None:
+        torch.bmm(D, H2, out=out)
+
+    return grad
+
+
+def _minibatch_gradient(W: Tensor, X: Tensor, b: int, seed: int) -> Gradient:
+    """∂/∂D ‖D X_bᵀ‖² / ‖W X_bᵀ‖² on ``b`` rows X_b per call: 2 (X_b Dᵀ)ᵀ X_b / ‖W X_bᵀ‖²,
+    the rows taken in epochs of a seeded permutation (every row once per epoch)."""
+    G, n, _ = X.shape
+    ref = torch.zeros(n, dtype=torch.float64, device=X.device)  # ‖W x_r‖² per row
+    for i in range(0, n, 4096):
+        y = torch.bmm(X[:, i : i + 4096], W.transpose(1, 2))  # [G, rows, C]
+        ref[i : i + 4096] = y.double().square().sum((0, 2))
+    gen = torch.Generator().manual_seed(seed)
+    E = X.new_empty(G, b, W.shape[1])  # [G, b, C] = X_b Dᵀ
+    epoch: dict[str, Any] = {"X": X, "ref": ref, "at": 0}
+
+    def grad(D: Tensor, out: Tensor) -> None:
+        if epoch["at"] + b > n:  # a new epoch: a fresh order of the rows
+            perm = torch.randperm(n, generator=gen).to(X.device)
+            epoch.update(X=X[:, perm], ref=ref[perm], at=0)
+        i = epoch["at"]
+        Xb = epoch["X"][:, i : i + b]
+        den = float(epoch["ref"][i : i + b].sum().clamp(min=1e-30))
+        epoch["at"] = i + b if b < n else 0  # all rows every step: no order to draw
+        torch.bmm(Xb, D.transpose(1, 2), out=E)
+        torch.bmm(E.transpose(1, 2), Xb, out=out)
+        out.mul_(2.0 / den)
+
+    return grad
+
+
+def _gradient(W: Tensor, X: Tensor, H: Tensor, config: AdaRoundConfig) -> Gradient:
+    """The reconstruction gradient: the exact one over all rows from H when it is no
+    more work than a minibatch (C·K² ≤ 2·b·K·C multiply-adds: K ≤ 2b), else
+    minibatches of b rows."""
+    b = min(config.batch_rows, X.shape[1])
+    if H.shape[1] <= 2 * b:
+        return _exact_gradient(W, H)
+    return _minibatch_gradient(W, X, b, config.seed)
+
+
+def _regulariser_gradient(
+    h: Tensor, beta: float, c: float, g: Tensor, u: Tensor, t: Tensor, minus_one: Tensor
+) -> None:
+    """g += c · |2h − 1|^(β−1) sign(2h − 1) (``u``, ``t``: scratch buffers like h)."""
+    torch.add(minus_one, h, alpha=2.0, out=u)  # u = 2h − 1
+    if beta == 2.0:
+        g.add_(u, alpha=c)
+    elif beta > 2.0:  # |u|^(β−1) sign(u) = u |u|^(β−2) = u exp((β−2) log|u|), 0 at u = 0
+        torch.abs(u, out=t).log_().mul_(beta - 2.0).exp_()  # 5x faster than pow here
+        g.addcmul_(u, t, value=c)
+    else:
+        torch.sign(u, out=t)
+        g.addcmul_(u.abs_().pow_(beta - 1.0), t, value=c)
+
+
+class _VGradient:
+    """∂L/∂V without autograd: with s = σ(V), D = W − W̃ = R − h · step,
+
+        ∂L/∂h = −step · ∂rec/∂D − (2λβ/N) |2h − 1|^(β−1) sign(2h − 1)
+        ∂L/∂V = ∂L/∂h · (ζ − γ) s (1 − s)   where 0 < h < 1, i.e. |V| < ln 11 (else 0)
+
+    in place on buffers made once: the step is memory-bound, each pass over the
+    weights counts."""
+
+    def __init__(self, W: Tensor, base: Tensor, step: Tensor, grad: Gradient, reg_weight: float):
+        self.R = W - base
+        self.step = step
+        self.step_v = step * (GAMMA - ZETA)  # the sign and ζ − γ folded in once
+        self.grad, self.reg_weight = grad, reg_weight
+        self.s, self.h, self.D, self.g, self.u, self.t = (torch.empty_like(W) for _ in range(6))
+        self.live = torch.empty_like(W, dtype=torch.bool)
+        self.gamma, self.minus_one = (
+            torch.tensor(v, dtype=W.dtype, device=W.device) for v in (GAMMA, -1.0)
+        )
+
+    def __call__(self, V: Tensor, beta: float | None) -> Tensor:
+        """∂L/∂V at V (``beta`` None: no regulariser); the returned buffer is reused."""
+        s, h, g, t = self.s, self.h, self.g, self.t
+        torch.sigmoid(V, out=s)
+        torch.add(self.gamma, s, alpha=ZETA - GAMMA, out=h).clamp_(0.0, 1.0)
+        torch.addcmul(self.R, h, self.step, value=-1.0, out=self.D)
+        self.grad(self.D, g)
+        g.mul_(self.step_v)
+        if beta is not None and self.reg_weight > 0:
+            c = 2.0 * self.reg_weight * beta / V.numel() * (GAMMA - ZETA)
+            _regulariser_gradient(h, beta, c, g, self.u, t, self.minus_one)
+        g.mul_(torch.addcmul(s, s, s, value=-1.0, out=t))  # s (1 − s)
+        torch.lt(torch.abs(V, out=t), V_EDGE, out=self.live)
+        return g.mul_(self.live)
+
+
+@torch.no_grad()
+def _optimise(
+    W: Tensor, base: Tensor, step: Tensor, frac: Tensor, grad: Gradient, config
+) -> Tensor:
+    """Hard rounding decisions h ∈ {0, 1} [G, C, K] (module docstring): Adam on V,
+    β annealed linearly after the warm-up."""
+    v_grad = _VGradient(W, base, step, grad, config.reg_weight)
+    V = _inverse_rectified_sigmoid(frac).contiguous()
+    opt = torch.optim.Adam([V], lr=config.lr, fused=V.device.type in ("cpu", "cuda"))
     T = config.iterations
     t_warm = int(config.warmup * T)
     b0, b1 = config.beta
-    for t in range(T):
-        idx = torch.randint(n, (min(config.batch_rows, n),), generator=gen) if n > 0 else None
-        xb = X[:, idx] if n > config.batch_rows else X
-        h = rectified_sigmoid(V)
-        Wt = base + h * step
-        ref = xb @ W.transpose(1, 2)
-        err = xb @ (W - Wt).transpose(1, 2)
-        loss = err.pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30)
-        if t >= t_warm and config.reg_weight > 0:
-            r = (t - t_warm) / max(1, T - t_warm)
-            beta = b0 + (b1 - b0) * r
-            loss = loss + config.reg_weight * (1 - (2 * h - 1).abs().pow(beta)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+    for i in range(T):
+        beta = b0 + (b1 - b0) * (i - t_warm) / max(1, T - t_warm) if i >= t_warm else None
+        V.grad = v_grad(V, beta)
         opt.step()
-    return (rectified_sigmoid(V.detach()) >= 0.5).to(W.dtype)
+    return (rectified_sigmoid(V) >= 0.5).to(W.dtype)
 
 
 def quantize_layer(model: nn.Module, name: str, layer: nn.Module, xs, config) -> AdaRoundLayer:
@@ -260,8 +365,8 @@ def quantize_layer(model: nn.Module, name: str, layer: nn.Module, xs, config) ->
         frac = torch.where(gap > 0, (v.clamp(lower, upper) - lower) / gap.clamp(min=1e-300), 0.0)
         base, step = ((lower - Z) * S).float(), (gap * S).float()
     t0 = time.perf_counter()
-    with torch.enable_grad():
-        hard = _optimise(W.float(), base, step, frac.float(), X, config)
+    grad = _gradient(W.float(), X, H, config)
+    hard = _optimise(W.float(), base, step, frac.float(), grad, config)
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         out = (lower + hard.double() * gap - Z) * S

@@ -33,6 +33,8 @@ from hwquant.algorithms.common import (
     batches,
     calibrate_activations,
     captured_inputs,
+    check_bool,
+    check_range,
     conv_equivalent_weight,
     eval_mode,
     input_rows,
@@ -52,11 +54,8 @@ class BiasCorrectionConfig:
     max_batches: int = 16
 
     def __post_init__(self) -> None:
-        v = self.max_batches
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"BiasCorrectionConfig.max_batches must be a positive int, got {v!r}")
-        if not isinstance(self.calibrate, bool):
-            raise ValueError("BiasCorrectionConfig.calibrate must be a bool")
+        check_range(self, "max_batches", 1, integer=True)
+        check_bool(self, "calibrate")
 
 
 @dataclass

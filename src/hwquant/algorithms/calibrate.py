@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from hwquant.algorithms.common import batches, eval_mode, register
+from hwquant.algorithms.common import batches, check_choice, check_range, eval_mode, register
 
 __all__ = ["CalibrateConfig", "CalibrateReport", "apply"]
 
@@ -43,12 +43,9 @@ class CalibrateConfig:
     max_batches: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method is not None and self.method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS} or None, got {self.method!r}")
-        if not isinstance(self.percentile, int | float) or not 0 < self.percentile <= 100:
-            raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
-        if self.max_batches is not None and self.max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or None, got {self.max_batches!r}")
+        check_choice(self, "method", _METHODS, optional=True)
+        check_range(self, "percentile", 0, 100, lo_open=True)
+        check_range(self, "max_batches", 1, integer=True, optional=True)
 
 
 @dataclass

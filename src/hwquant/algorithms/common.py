@@ -33,6 +33,9 @@ __all__ = [
     "Algorithm",
     "batches",
     "captured_inputs",
+    "check_bool",
+    "check_choice",
+    "check_range",
     "config_from",
     "conv_equivalent_weight",
     "eval_mode",
@@ -119,6 +122,66 @@ def config_from(config_type: type, config: Any = None) -> Any:
                 f"{config_type.__name__} has no field {key!r}; fields: {', '.join(sorted(fields))}"
             )
     return config_type(**{k: _value(v) for k, v in config.items()})
+
+
+# ---------------------------------------------------------------- config validation
+def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    left = "(-∞" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
+    right = "∞)" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+    return f"{left}, {right}"
+
+
+def check_range(
+    config: Any,
+    field: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    integer: bool = False,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+) -> None:
+    """Check that ``config.<field>`` is a number (an int with ``integer``; None allowed
+    with ``optional``; never a bool, NaN or inf) in the interval from ``lo`` to ``hi``
+    (None: unbounded; ``lo_open`` / ``hi_open`` exclude the ends). A ValueError names
+    the config, the field, the value and the allowed range.
+
+    >>> from hwquant.algorithms.gptq import GPTQConfig
+    >>> check_range(GPTQConfig(), "damp", 0, 1, hi_open=True)
+    >>> check_range(GPTQConfig(), "block_size", 1, 64, integer=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: GPTQConfig.block_size must be an int in [1, 64], got 128
+    """
+    v = getattr(config, field)
+    if optional and v is None:
+        return
+    ok = not isinstance(v, bool) and isinstance(v, int if integer else int | float)
+    ok = ok and math.isfinite(v)
+    ok = ok and (lo is None or (v > lo if lo_open else v >= lo))
+    ok = ok and (hi is None or (v < hi if hi_open else v <= hi))
+    if not ok:
+        what = ("an int" if integer else "a number") + (" or None" if optional else "")
+        where = _interval(lo, hi, lo_open, hi_open)
+        raise ValueError(f"{type(config).__name__}.{field} must be {what} in {where}, got {v!r}")
+
+
+def check_bool(config: Any, *fields: str) -> None:
+    """Check that each ``config.<field>`` is a bool (ValueError naming field and value)."""
+    for field in fields:
+        v = getattr(config, field)
+        if not isinstance(v, bool):
+            raise ValueError(f"{type(config).__name__}.{field} must be a bool, got {v!r}")
+
+
+def check_choice(config: Any, field: str, choices: tuple, *, optional: bool = False) -> None:
+    """Check that ``config.<field>`` is one of ``choices`` (or None with ``optional``)."""
+    v = getattr(config, field)
+    if (optional and v is None) or (not isinstance(v, bool) and v in choices):
+        return
+    allowed = ", ".join(map(repr, choices)) + (" or None" if optional else "")
+    raise ValueError(f"{type(config).__name__}.{field} must be one of {allowed}, got {v!r}")
 
 
 def _value(v: Any) -> Any:
@@ -283,7 +346,7 @@ def pipeline(model: nn.Module, data: Any, steps: list) -> list[tuple[str, Any]]:
     >>> pipeline(m, None, [("gptq", {"damp": 2.0})])
     Traceback (most recent call last):
     ...
-    ValueError: GPTQConfig.damp must be in [0, 1), got 2.0
+    ValueError: GPTQConfig.damp must be a number in [0, 1), got 2.0
     """
     plan = []
     for step in steps:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hwquant.algorithms.common import register, traced
+from hwquant.algorithms.common import check_range, register, traced
 from hwquant.nn.kinds import kind_of
 
 __all__ = ["EqualizeConfig", "EqualizeReport", "apply"]
@@ -59,10 +59,8 @@ class EqualizeConfig:
     tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be an int >= 1, got {self.iterations!r}")
-        if not self.tolerance >= 0:
-            raise ValueError(f"tolerance must be >= 0, got {self.tolerance!r}")
+        check_range(self, "iterations", 1, integer=True)
+        check_range(self, "tolerance", 0)
 
 
 @dataclass

@@ -44,6 +44,8 @@ from hwquant.algorithms.common import (
     batches,
     calibrate_activations,
     captured_inputs,
+    check_bool,
+    check_range,
     conv_equivalent_weight,
     eval_mode,
     input_rows,
@@ -72,15 +74,10 @@ class GPTQConfig:
     max_batches: int = 16
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.damp < 1.0:
-            raise ValueError(f"GPTQConfig.damp must be in [0, 1), got {self.damp}")
+        check_range(self, "damp", 0, 1, hi_open=True)
         for name in ("block_size", "max_batches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"GPTQConfig.{name} must be a positive int, got {v!r}")
-        for name in ("act_order", "calibrate"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GPTQConfig.{name} must be a bool")
+            check_range(self, name, 1, integer=True)
+        check_bool(self, "act_order", "calibrate")
 
 
 @dataclass

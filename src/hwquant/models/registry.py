@@ -27,7 +27,11 @@ __all__ = ["architecture_of", "build_registered", "record_architecture", "regist
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 #: hwquant modules that register builders when imported (looked up on a miss, so a
 #: file can only ever pick among hwquant's own builders).
-_REGISTERING_MODULES = ("hwquant.models.small", "hwquant.export.zoo")
+_REGISTERING_MODULES = (
+    "hwquant.models.small",
+    "hwquant.models.transformer",
+    "hwquant.export.zoo",
+)
 
 
 def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
