@@ -72,3 +72,38 @@ def test_skips_with_reason_and_config_validation():
         EqualizeConfig(iterations=0)
     with pytest.raises(ValueError, match="tolerance"):
         EqualizeConfig(tolerance=-1)
+
+
+class _Residual(nn.Module):
+    """conv-BN-ReLU, then a conv-BN-ReLU-conv branch added back: `quantize` rewrites
+    the add, and fold_bn / equalize must still find their pairs in the quantized model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.c3 = nn.Conv2d(4, 4, 1)
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.r1(self.b1(self.c1(x)))
+        return self.c3(self.r2(self.b2(self.c2(y)))) + y
+
+
+def test_fold_bn_and_equalize_find_pairs_in_a_quantized_residual_model():
+    import hwquant
+    from hwquant.algorithms import fold_bn
+    from hwquant.spec import A8, W4, Recipe
+
+    torch.manual_seed(0)
+    m = _Residual()
+    for b in (m.b1, m.b2):
+        b.running_mean.uniform_(-1, 1)
+        b.running_var.uniform_(0.5, 2)
+    q = hwquant.quantize(m.eval(), Recipe.uniform(weights=W4, activations=A8)).eval()
+    x = torch.randn(8, 1, 8, 8)
+    hwquant.set_quantization(q, False)
+    ref = q(x)
+    assert fold_bn.apply(q).folded == ["c1+b1", "c2+b2"]
+    assert apply(q).equalized == ["c2->c3"]  # c1's output also feeds the add: left alone
+    torch.testing.assert_close(q(x), ref, atol=1e-5, rtol=1e-5)  # the same float function

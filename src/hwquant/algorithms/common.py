@@ -18,6 +18,7 @@ An algorithm is one file under ``algorithms/`` with a frozen ``Config`` dataclas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +42,7 @@ __all__ = [
     "eval_mode",
     "get",
     "input_rows",
+    "layer_tracer",
     "names",
     "pipeline",
     "register",
@@ -390,11 +392,38 @@ def calibrate_activations(model: nn.Module, xs: list[Tensor]) -> None:
 
 def traced(model: nn.Module) -> tuple[Any, dict[str, nn.Module]] | None:
     """(torch.fx GraphModule, its modules by name) of ``model``, or None when it does not
-    trace (callers then fall back to ``nn.Sequential`` adjacency)."""
+    trace (callers then fall back to ``nn.Sequential`` adjacency). hwquant's layers and
+    quantizers stay single call nodes, so a quantized model (with its graph rewrites)
+    traces as well as a float one."""
     from torch import fx
 
     try:
-        gm = fx.symbolic_trace(model)
+        graph = layer_tracer().trace(model)
     except Exception:
         return None
+    gm = fx.GraphModule(model, graph)
     return gm, dict(gm.named_modules())
+
+
+def layer_tracer() -> Any:
+    """A torch.fx tracer that keeps every registered layer kind and every quantizer as
+    one call node (torch.fx would otherwise trace into their forward)."""
+    return _layer_tracer_type()()
+
+
+@functools.cache
+def _layer_tracer_type() -> type:  # built on first use: nn imports stay lazy here
+    from torch import fx
+
+    from hwquant.nn.kinds import kind_of
+    from hwquant.nn.quantizer import Quantizer
+
+    class LayerTracer(fx.Tracer):
+        """Keeps every registered layer kind and every quantizer as one call node."""
+
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            if isinstance(m, Quantizer) or kind_of(m) is not None:
+                return True
+            return super().is_leaf_module(m, qualname)
+
+    return LayerTracer

@@ -49,6 +49,7 @@ from hwquant.algorithms.common import (
     calibrate_activations,
     captured_inputs,
     eval_mode,
+    layer_tracer,
     register,
 )
 from hwquant.nn import Quantizer
@@ -120,15 +121,6 @@ def _ratio(r: Tensor) -> float:
 
 
 # ---------------------------------------------------------------- who produces each input
-class _LeafTracer(fx.Tracer):
-    """Keeps Linear, LayerNorm, hwquant's layers and quantizers as single call nodes."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, Quantizer) or kind_of(m) is not None:
-            return True  # torch.nn layers (LayerNorm) are leaves already
-        return super().is_leaf_module(m, qualname)
-
-
 def _is_linear(m: nn.Module) -> bool:
     """A linear layer, float or quantized (its layer kind: a dot product over the last
     dimension with a [out, in] weight)."""
@@ -164,7 +156,7 @@ def _why_not_foldable(producer: nn.Module, channels: int) -> str | None:
 
 def _groups_traced(model: nn.Module, names: list[str]) -> list[_Group] | None:
     try:
-        graph = _LeafTracer().trace(model)
+        graph = layer_tracer().trace(model)
     except Exception:
         return None
     mods = dict(model.named_modules())

@@ -319,7 +319,8 @@ class Quantizer(nn.Module):
         if z is not None:
             (self.zero_param if self.spec.zero_point == "learned" else self.zero_buf).copy_(z)
         self.initialized.fill_(True)
-        self._set_forward()
+        if self._forward != self._forward_float:  # a disabled quantizer stays disabled
+            self._set_forward()
 
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """(scale, zero point) from x, shaped like the scale."""
