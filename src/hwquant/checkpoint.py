@@ -130,7 +130,13 @@ def _check_rebuilds(model: nn.Module, rebuilt: nn.Module) -> None:
     same = repr(rebuilt) == repr(model) and getattr(rebuilt, "code", None) == getattr(
         model, "code", None
     )
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    # pruning masks (``*.weight_mask``) are not part of the architecture: loading the
+    # state dict creates them (hwquant.nn.layer)
+    ours = {
+        k: tuple(v.shape)
+        for k, v in model.state_dict().items()
+        if torch.is_tensor(v) and k.rpartition(".")[2] != "weight_mask"
+    }
     theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items() if torch.is_tensor(v)}
     if not same or ours != theirs:
         diff = sorted(set(ours) ^ set(theirs))[:3]

@@ -15,6 +15,7 @@ from hwquant.algorithms import (
     equalize,
     fold_bn,
     gptq,
+    prune,
     smoothquant,
 )
 from hwquant.algorithms.common import Algorithm, config_from, get, names, pipeline, register
@@ -33,6 +34,7 @@ __all__ = [
     "gptq",
     "names",
     "pipeline",
+    "prune",
     "register",
     "smoothquant",
 ]

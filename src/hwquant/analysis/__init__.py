@@ -16,6 +16,7 @@ from hwquant.analysis.cost import (
     cost,
     load_target,
 )
+from hwquant.analysis.efficiency import EfficiencyReport, aiq, neural_efficiency
 from hwquant.analysis.integer_exec import IntegerRun, LayerStats, QTensor, run_integer
 from hwquant.analysis.onnx_accumulators import onnx_accumulators, onnx_overflow_audit
 from hwquant.analysis.plots import pareto_front, plot_cost, plot_pareto
@@ -25,6 +26,7 @@ __all__ = [
     "AccumulatorReport",
     "AuditRow",
     "CostReport",
+    "EfficiencyReport",
     "IntegerRun",
     "LayerAccumulator",
     "LayerCost",
@@ -33,8 +35,10 @@ __all__ = [
     "QTensor",
     "Target",
     "accumulators",
+    "aiq",
     "cost",
     "load_target",
+    "neural_efficiency",
     "onnx_accumulators",
     "onnx_overflow_audit",
     "overflow_audit",

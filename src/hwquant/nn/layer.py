@@ -7,6 +7,16 @@ of these plus the torch layer (``class QuantLinear(QuantWeightLayer, nn.Linear)`
 so ``isinstance(q, nn.Linear)`` holds and float state dicts load (the quantizer
 state is then re-derived: learned weight scales from the loaded weights,
 activation scales from the first batch).
+
+A pruned weight layer holds a boolean ``weight_mask`` buffer (same shape as the
+weight, True = kept), set by :meth:`QuantWeightLayer.set_weight_mask` (see
+:mod:`hwquant.algorithms.prune`). In training mode the weight path is
+``weight_quant(weight · mask)``, so gradients never revive a pruned weight; the
+weight parameter itself also holds exact zeros at pruned positions, restored
+whenever the layer leaves training mode (``eval()``) and after a state dict is
+loaded, so every reader of ``layer.weight`` (export, cost, accumulator analysis)
+sees the pruned weights. Loading a state dict that has a mask into a layer that has
+none creates the mask.
 """
 
 from __future__ import annotations
@@ -60,11 +70,17 @@ class QuantLayer(nn.Module):
         pass
 
 
+MASK = "weight_mask"
+
+
 class QuantWeightLayer(QuantLayer):
     """Adds weight and bias quantizers; subclasses call ``_setup_quant(spec)``."""
 
+    weight_mask: Tensor | None
+
     def _setup_quant(self, spec: LayerSpec, weight_spec=None) -> None:
         self._setup_io(spec)
+        self.register_buffer(MASK, None)  # a tensor once pruned; None is not saved
         wspec = weight_spec or spec.weight
         if isinstance(wspec, A2Q):  # accumulator-aware: needs the layer's input format
             self.weight_quant = A2QWeightQuantizer.for_layer(self, wspec)
@@ -103,8 +119,53 @@ class QuantWeightLayer(QuantLayer):
         self._setup_bias()
 
     def quant_weight(self) -> Tensor:
-        """The fake-quantized weight."""
-        return self.weight_quant(self.weight)
+        """The fake-quantized weight (of the masked weight when the layer is pruned)."""
+        return self.weight_quant(self.masked_weight())
+
+    def masked_weight(self) -> Tensor:
+        """``weight · weight_mask`` in training mode (the product carries the gradient,
+        zero at pruned positions); else ``weight``, which holds the zeros itself."""
+        if getattr(self, MASK, None) is None or not self.training:
+            return self.weight
+        return self.weight * self.weight_mask
+
+    @torch.no_grad()
+    def set_weight_mask(self, mask: Tensor | None) -> None:
+        """Keep only the weights where ``mask`` is True (a bool tensor of the weight's
+        shape) and zero the others; None removes the mask (weights stay as they are).
+
+        >>> from hwquant.nn import QuantLinear
+        >>> from hwquant.spec import W4, LayerSpec
+        >>> layer = QuantLinear(2, 1, bias=False, spec=LayerSpec(weight=W4))
+        >>> layer.set_weight_mask(torch.tensor([[True, False]]))
+        >>> float(layer.weight[0, 1].detach()), int(layer.weight_mask.sum())
+        (0.0, 1)
+        """
+        if MASK not in self._buffers:
+            self.register_buffer(MASK, None)
+        if mask is None:
+            self.weight_mask = None
+            return
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(self.weight.shape):
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(
+                f"{type(self).__name__}: weight mask must have the weight's shape "
+                f"{tuple(self.weight.shape)}, got {got}"
+            )
+        self.weight_mask = mask.to(device=self.weight.device, dtype=torch.bool).clone()
+        self.apply_weight_mask()
+
+    @torch.no_grad()
+    def apply_weight_mask(self) -> None:
+        """Zero the weight at the pruned positions (a no-op without a mask)."""
+        if getattr(self, MASK, None) is not None:
+            self.weight.masked_fill_(~self.weight_mask, 0.0)
+
+    def train(self, mode: bool = True) -> QuantWeightLayer:
+        super().train(mode)
+        if not mode:  # an optimizer with momentum may have moved pruned weights
+            self.apply_weight_mask()
+        return self
 
     def _bias_float(self) -> Tensor | None:
         return self.bias
@@ -120,7 +181,7 @@ class QuantWeightLayer(QuantLayer):
         return self.bias
 
     def _bias_on_accumulator_scale(self) -> Tensor:
-        s_acc = self.input_quant.scale() * self.weight_quant.scale_for(self.weight)
+        s_acc = self.input_quant.scale() * self.weight_quant.scale_for(self.masked_weight())
         return self.bias_quant(self.accumulator_bias(s_acc), s_acc)
 
     @torch.no_grad()
@@ -130,6 +191,15 @@ class QuantWeightLayer(QuantLayer):
         for q, p in ((self.weight_quant, self.weight), (self.bias_quant, bias)):
             if isinstance(q, Quantizer) and q.spec.scale.learned and p is not None:
                 q.init_from(p)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        mask = state_dict.get(prefix + MASK)
+        if isinstance(mask, Tensor) and getattr(self, MASK, None) is None:  # pruned state
+            if MASK not in self._buffers:
+                self.register_buffer(MASK, None)
+            self.weight_mask = torch.ones_like(self.weight, dtype=torch.bool)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self.apply_weight_mask()
 
     def _after_float_load(self, state_dict, prefix: str) -> None:
         if _quantizer_state_missing(self.weight_quant, prefix + "weight_quant.", state_dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -130,11 +131,20 @@ def _layer_cost(rec: LayerRecord, target: Target) -> LayerCost:
         weights_in_lutram=lutram,
         thresholds_in_lutram=thr_lutram,
     )
-    bram = 0 if lutram else F.finn_mvau_bram18(rec.MW, rec.MH, pe, simd, W)
+    rho = rec.tile_density(pe, simd)
+    lut = _sparse_luts(lut, rho)
+    depth = rec.MW * rec.MH // (pe * simd)
+    bram = 0 if lutram else F.bram18_count(math.ceil(rho * depth), pe * simd * W)
     if rec.out_bits is not None and not thr_lutram:
         bram += F.threshold_bram18(rec.MH, pe, rec.out_bits, acc.used)
     dsps = F.dsp_count(pe, simd, W, A, target.device_family, signed_in) if in_dsp else 0
+    dsps = math.ceil(rho * dsps)
     notes = list(rec.notes)
+    if rho < 1.0:
+        notes.append(
+            f"sparse MVAU: {rho:.3f} of the {pe}×{simd} weight tiles are non-zero; "
+            "multiplier, adder-tree, DSP and weight-memory cost scaled by it"
+        )
     if not meets:
         notes.append(f"cannot meet {target.cycle_budget} cycles/frame even fully parallel")
     lc = LayerCost(
@@ -172,6 +182,26 @@ def _layer_cost(rec: LayerRecord, target: Target) -> LayerCost:
     _minifloat_cost(rec, lc)
     _shift_pe(rec, lc)
     return lc
+
+
+def _sparse_luts(lut: F.LutBreakdown, rho: float) -> F.LutBreakdown:
+    """The FINN MVAU estimate of a unit that skips all-zero PE×SIMD tiles.
+
+    hwquant's sparse-MVAU model (an assumption, not a FINN feature): a tile of the
+    folded weight matrix (PE consecutive rows × SIMD consecutive inputs, one
+    weight-memory word and one step of the schedule) that is all zero is neither
+    stored nor computed. At the same cycles per frame, the unit then time-shares a
+    datapath of ρ·PE·SIMD multipliers (ρ the fraction of non-zero tiles) and stores ρ
+    of the weight words, so the multiplier, adder-tree and weight-memory terms (and
+    DSPs, weight BRAM) scale by ρ; the base, accumulator and threshold terms do not.
+    The index logic that skips tiles is not counted. Unstructured sparsity only helps
+    where a whole tile happens to be zero.
+    """
+    if rho >= 1.0:
+        return lut
+    return dataclasses.replace(
+        lut, mult=lut.mult * rho, addertree=lut.addertree * rho, weights=lut.weights * rho
+    )
 
 
 def _minifloat(fmt: Format | None) -> bool:

@@ -162,7 +162,26 @@ def _record(
         input_elems=math.prod(in_shape) // batch,
         output_elems=math.prod(out_shape) // batch,
         notes=notes,
+        nonzero=_nonzero_matrix(module, geometry),
     )
+
+
+def _nonzero_matrix(m: nn.Module, geometry: dict) -> np.ndarray | None:
+    """[MH, MW] non-zero pattern of a pruned layer's quantized weight (FINN column
+    order: kernel position major, input channel minor), for linear and ungrouped
+    convolutions; None for unpruned layers (a QONNX file carries no mask, and the
+    ONNX reader fills no pattern, so dense models cost the same from both)."""
+    w = m.weight
+    if getattr(m, "weight_mask", None) is None:
+        return None  # only pruned layers: dense ones are costed as dense tiles
+    if getattr(m, "transposed", False) or getattr(m, "groups", 1) != 1 or w.dim() < 2:
+        return None
+    with torch.no_grad():
+        wq = m.quant_weight() if hasattr(m, "quant_weight") else w
+    if wq.dim() > 2:
+        wq = wq.permute(0, *range(2, wq.dim()), 1)
+    nz = (wq.detach().reshape(wq.shape[0], -1) != 0).cpu().numpy()
+    return nz if nz.shape == (geometry["MH"], geometry["MW"]) else None
 
 
 def _geometry(m: nn.Module, in_shape: tuple, out_shape: tuple) -> dict:

@@ -47,6 +47,26 @@ class LayerRecord:
     input_elems: int = 0
     output_elems: int = 0
     notes: list[str] = field(default_factory=list)
+    # [MH, MW] bool, True where the (quantized) weight is non-zero, columns in FINN's
+    # order (kernel position major, input channel minor); None: not known (then the
+    # FINN model counts every PE×SIMD tile as dense)
+    nonzero: np.ndarray | None = None
+
+    def tile_density(self, pe: int, simd: int) -> float:
+        """Fraction of the PE×SIMD tiles of the MH × MW matrix (PE consecutive rows ×
+        SIMD consecutive columns, one weight-memory word and one MVAU step each) that
+        hold a non-zero weight; 1.0 when the sparsity pattern is unknown.
+
+        >>> r = LayerRecord("l", "linear", 4, 2, 1, 4, 8, 4, None, None)
+        >>> r.nonzero = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=bool)
+        >>> r.tile_density(2, 2), r.tile_density(1, 1)
+        (0.5, 0.375)
+        """
+        nz = self.nonzero
+        if nz is None or nz.shape != (self.MH, self.MW):
+            return 1.0
+        tiles = nz.reshape(self.MH // pe, pe, self.MW // simd, simd).any(axis=(1, 3))
+        return float(tiles.mean())
 
     @property
     def macs(self) -> int:
