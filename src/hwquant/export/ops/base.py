@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hwquant.spec.formats import Format, FormatRegistry
+from hwquant.spec.formats import Format, FormatRegistry, IntFormat
 from hwquant.spec.quant_spec import QuantSpec
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "op_for",
     "op_types",
     "quant_emitter",
+    "read_int_format",
     "register",
     "scalar",
     "symbolic",
@@ -283,3 +284,14 @@ def names() -> tuple[str, ...]:
 def all_ops() -> tuple[OnnxOp, ...]:
     """The registered ops, sorted by op type."""
     return tuple(_OPS[t] for t in names())
+
+
+def read_int_format(node: Any, graph: GraphView, bits_input: int) -> IntFormat:
+    """The integer format a Quant / Trunc node produces: its bit width (the constant
+    input ``bits_input``) with its ``signed`` / ``narrow`` attributes."""
+    bits = graph.const(node.input[bits_input])
+    if bits is None:
+        raise ValueError(f"{node.op_type} node {node.name!r}: its bit width is not a constant")
+    b = round(float(bits.item()))
+    signed = bool(graph.attr(node, "signed", 1))
+    return IntFormat(b, signed=signed, narrow=bool(graph.attr(node, "narrow", 0)) and b > 1)

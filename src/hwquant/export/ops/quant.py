@@ -37,6 +37,7 @@ from hwquant.export.ops.base import (
     attr,
     int_range,
     meta,
+    read_int_format,
     register,
     scalar,
     symbolic,
@@ -98,13 +99,7 @@ class QuantOp(OnnxOp):
         return Step(s * 2 if int(bits) == 1 and signed else s)
 
     def read_format(self, node: Any, graph: GraphView) -> Format | None:
-        bits = graph.const(node.input[3])
-        if bits is None:
-            raise ValueError(f"{node.op_type} node {node.name!r}: its bit width is not a constant")
-        signed = bool(graph.attr(node, "signed", 1))
-        narrow = bool(graph.attr(node, "narrow", 0))
-        b = round(float(bits.item()))
-        return IntFormat(b, signed=signed, narrow=narrow and b > 1)
+        return read_int_format(node, graph, 3)
 
     def weight_codes(self, node: Any, graph: GraphView, fmt: Format) -> np.ndarray | None:
         if not fmt.integer_codes:

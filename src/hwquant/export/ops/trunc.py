@@ -33,13 +33,14 @@ from hwquant.export.ops.base import (
     Step,
     attr,
     int_range,
+    read_int_format,
     register,
     scalar,
     symbolic,
 )
 from hwquant.export.ops.lowering import Lowering
 from hwquant.export.ops.quant import ROUNDING
-from hwquant.spec.formats import Format, IntFormat
+from hwquant.spec.formats import Format
 
 __all__ = ["TRUNC", "TruncOp"]
 
@@ -85,13 +86,7 @@ class TruncOp(OnnxOp):
         return None if s is None else Step(s)
 
     def read_format(self, node: Any, graph: GraphView) -> Format | None:
-        bits = graph.const(node.input[5])
-        if bits is None:
-            raise ValueError(f"{node.op_type} node {node.name!r}: its bit width is not a constant")
-        signed = bool(graph.attr(node, "signed", 1))
-        narrow = bool(graph.attr(node, "narrow", 0))
-        b = round(float(bits.item()))
-        return IntFormat(b, signed=signed, narrow=narrow and b > 1)
+        return read_int_format(node, graph, 5)
 
     # ------------------------------------------------------------ QCDQ form
     def lower(self, node: Any, ctx: Lowering) -> list:
