@@ -29,10 +29,9 @@ from pathlib import Path
 import torch
 
 import hwquant
-from hwquant.algorithms import fold_bn, get, pipeline
+from hwquant.algorithms import get, pipeline
 from hwquant.analysis.sqnr import sqnr_db
 from hwquant.datasets import digits
-from hwquant.models import DigitsCNN
 from hwquant.spec import (
     A8,
     FP4_E2M1,
@@ -44,7 +43,9 @@ from hwquant.spec import (
     ScaleSpec,
     per_channel,
 )
-from hwquant.training import evaluate, fit
+from hwquant.sweep.models import float_model as float_model_file
+from hwquant.sweep.models import float_model_path
+from hwquant.training import evaluate
 
 FORMATS = {
     "INT3": IntFormat(3, narrow=True),
@@ -56,19 +57,10 @@ ALGORITHMS = "gptq,adaround,bias_correction,equalize,equalize+bias_correction,gp
 HERE = Path(__file__).resolve().parent
 
 
-def float_model(cache: Path, data) -> torch.nn.Module:
-    """The trained float DigitsCNN (BatchNorm folded), trained once and cached."""
-    path = cache / "digits_float.pt"
-    if path.exists():
-        return hwquant.load_checkpoint(path)[0]
-    torch.manual_seed(0)
-    model = DigitsCNN()
-    fit(model, data.train, data.test, epochs=15, progress=False)
-    model.eval()
-    fold_bn.apply(model)
-    cache.mkdir(parents=True, exist_ok=True)
-    hwquant.save_checkpoint(model, path, (1, *data.input_shape))
-    return model
+def float_model(cache: Path) -> torch.nn.Module:
+    """The trained float DigitsCNN (BatchNorm folded): the sweep's ``digits-cnn``
+    model, trained once and cached in ``cache``."""
+    return float_model_file(str(float_model_path("digits-cnn", cache)))
 
 
 def quantized(base, fmt, granularity, act_bits: int) -> torch.nn.Module:
@@ -224,7 +216,7 @@ def main() -> None:
     p.add_argument("--tables", action="store_true", help="every table, to digits_tables.md")
     a = p.parse_args()
     data = digits(seed=0)
-    base = float_model(a.cache, data)
+    base = float_model(a.cache)
     calib = list(data.calibration_batch(512).split(128))
     float_acc = evaluate(base, data.test)
     print(f"float {float_acc:.4f}")
