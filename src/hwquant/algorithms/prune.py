@@ -52,7 +52,7 @@ from hwquant.algorithms.common import (
     check_range,
     register,
 )
-from hwquant.nn.kinds import kind_of
+from hwquant.nn.kinds import kind_of, mvau_weight
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.quantizer import Quantizer
 from hwquant.spec.formats import Format
@@ -148,10 +148,7 @@ class PruneReport(LayerReport):
 # ----------------------------------------------------------------- the matrix view
 def _matrix(layer: nn.Module, w: Tensor) -> Tensor:
     """``w`` (the weight's layout) as the MH × MW matrix of the layer's MVAU."""
-    if w.dim() == 2:
-        return w
-    # convolution [C_out, C_in/g, *k] → FINN's [C_out, *k, C_in/g]
-    return w.permute(0, *range(2, w.dim()), 1).reshape(w.shape[0], -1)
+    return mvau_weight(w)
 
 
 def _unmatrix(layer: nn.Module, m: Tensor) -> Tensor:

@@ -53,6 +53,7 @@ __all__ = [
     "kind_of",
     "kinds",
     "layer_kind",
+    "mvau_weight",
     "weight_kinds",
 ]
 
@@ -241,3 +242,17 @@ def conv_transpose_geometry(m: nn.Module, in_shape: tuple, out_shape: tuple) -> 
 def conv_transpose_matrix(m: nn.Module, g: Geometry) -> Matrix:
     k = math.prod(m.kernel_size)
     return Matrix("conv_transpose", m.in_channels // m.groups, m.out_channels * k, g.pixels)
+
+
+def mvau_weight(w: Tensor) -> Tensor:
+    """A linear / convolution weight as its MVAU's MH × MW matrix in FINN's column
+    order: [C_out, C_in/g, *k] → [C_out, *k, C_in/g] flattened (kernel position major,
+    input channel minor); a 2-D weight as it is.
+
+    >>> import torch
+    >>> mvau_weight(torch.arange(8.0).reshape(1, 2, 2, 2)).tolist()
+    [[0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]]
+    """
+    if w.dim() == 2:
+        return w
+    return w.permute(0, *range(2, w.dim()), 1).reshape(w.shape[0], -1)

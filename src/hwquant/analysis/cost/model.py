@@ -26,7 +26,7 @@ from torch import nn
 
 from hwquant.analysis.cost.records import LayerRecord, integer_grid
 from hwquant.checkpoint import load_checkpoint
-from hwquant.nn.kinds import kind_of, weight_kinds
+from hwquant.nn.kinds import kind_of, mvau_weight, weight_kinds
 from hwquant.nn.quantizer import Quantizer
 from hwquant.spec.formats import Format
 
@@ -178,9 +178,7 @@ def _nonzero_matrix(m: nn.Module, geometry: dict) -> np.ndarray | None:
         return None
     with torch.no_grad():
         wq = m.quant_weight() if hasattr(m, "quant_weight") else w
-    if wq.dim() > 2:
-        wq = wq.permute(0, *range(2, wq.dim()), 1)
-    nz = (wq.detach().reshape(wq.shape[0], -1) != 0).cpu().numpy()
+    nz = (mvau_weight(wq.detach()) != 0).cpu().numpy()
     return nz if nz.shape == (geometry["MH"], geometry["MW"]) else None
 
 
