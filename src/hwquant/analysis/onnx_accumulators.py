@@ -46,6 +46,7 @@ from hwquant.analysis.cost.onnx_reader import (
 )
 from hwquant.analysis.cost.records import LayerRecord, integer_grid, integer_weight_bits
 from hwquant.core.accumulator import ACCUMULATOR_MODES, a2q_min_bits, accumulate
+from hwquant.export.ops import find
 
 __all__ = ["OnnxLayer", "onnx_accumulators", "onnx_layers", "onnx_overflow_audit"]
 
@@ -77,7 +78,8 @@ def _scale(g: OnnxGraph, quant: Any | None) -> np.ndarray | None:
 
 
 def _zero_point(g: OnnxGraph, quant: Any | None) -> float:
-    if quant is None or quant.op_type not in ("Quant", "IntQuant") or len(quant.input) < 3:
+    op = None if quant is None else find(quant.op_type)
+    if op is None or not op.integer_codes or len(quant.input) < 3:  # no zero-point input
         return 0.0
     z = g.const(quant.input[2])
     return 0.0 if z is None else float(np.abs(z).max())
