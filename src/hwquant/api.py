@@ -174,6 +174,7 @@ def _swap_one(
     if unsigned and recipe.unsigned_after_relu:
         spec = input_unsigned(spec)
     new = qtype.from_float(module, spec)
+    spec = getattr(new, "layer_spec", spec)  # e.g. the RecurrentSpec a QuantLSTM derived
     return new, LayerEntry(row, t, True, spec.describe(), spec.describe(True))
 
 

@@ -68,6 +68,7 @@ from hwquant.nn.linear import QuantLinear
 from hwquant.nn.merge import QuantAdd, QuantCat
 from hwquant.nn.pool import QuantAvgPool2d
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.nn.recurrent import QuantRecurrent, StepQuant
 
 __all__ = [
     "IntegerRun",
@@ -466,6 +467,8 @@ class _Executor:
     def _function(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         target = node.target
         x = args[0] if args else None
+        if target is operator.getitem and isinstance(x, tuple | list):
+            return x[args[1]]  # e.g. y of a recurrent layer's (y, state)
         name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
         if isinstance(x, QTensor):
             if target in QTensorOps.RELU_FUNCS or target == "relu":
@@ -591,6 +594,140 @@ def _embedding_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwar
     if s.numel() > 1:
         s = F.embedding(idx, s.expand(m.weight.shape).contiguous())
     return ex._requant(m.output_quant, QTensor(codes, s), path)
+
+
+# ---------------------------------------------------------------- recurrent layers
+# Per layer and direction, on integer codes: the input projection of every step at once,
+# acc_ih = b_ih + Σ x·q_ih (K = input size), and per step acc_hh = b_hh + Σ h·q_hh
+# (K = hidden size), each in its own P-bit accumulator (stats as <path>.l<k>[_reverse].ih
+# / .hh); the gate pre-activation p = acc_ih·s_x·s_ih + acc_hh·s_h·s_hh is re-quantized
+# by the gate quantizer (a fixed-point multiplier); sigmoid / tanh map gate codes to
+# output codes (2^bits-entry tables in hardware), and the products of codes (f·c, i·g,
+# o·tanh(c); the GRU's r·acc_hn and z·(h − n)) are re-quantized onto the cell / hidden
+# grids. The cell arithmetic is the layer's own (``QuantRecurrent.recurrence`` with
+# integer projections and re-quantizing step functions), so in float64 the codes equal
+# the fake-quantized layer's. Needs integer inputs, weights and activation grids, a
+# plain (not packed) input and no initial state; else the layer runs in float.
+def _static_int(q: nn.Module) -> bool:
+    return (
+        isinstance(q, Quantizer)
+        and q.state == "static"
+        and q.spec.format.integer_codes
+        and not q.spec.format.is_bipolar
+        and q.zero_point() is None
+        and q.spec.granularity.per_tensor
+    )
+
+
+def _recurrent_ready(m: QuantRecurrent) -> bool:
+    for key, q in m.directions.items():
+        names = ("gate", "hidden", *m.cell_quantizers)
+        if not all(_static_int(getattr(q, f"{n}_quant")) for n in names):
+            return False
+        layer, _, rev = key[1:].partition("_")
+        p = m.params(int(layer), "_" + rev if rev else "")
+        if q.weight_codes("ih", p["w_ih"]) is None or q.weight_codes("hh", p["w_hh"]) is None:
+            return False
+    return all(_static_int(iq) for iq in m.input_quant)
+
+
+class _RecurrentMatmul:
+    """One integer matmul of a direction (``which`` = ih or hh): weight codes and
+    scales, bias codes in the accumulator (or a float bias after it), P."""
+
+    def __init__(self, ex: _Executor, m: nn.Module, key: str, q, which: str, p, s_in) -> None:
+        self.ex, self.m, self.key = ex, m, f"{key}.{which}"
+        w, b = p[f"w_{which}"], p[f"b_{which}"]
+        self.codes, s_w = q.weight_codes(which, w)
+        wq = getattr(q, f"weight_{which}_quant")
+        self.bits = ex._layer_bits(self.key, m)  # P for this matmul, or for the layer
+        if self.bits is None and isinstance(ex.bits, Mapping) and key.rpartition(".")[0] in ex.bits:
+            self.bits = int(ex.bits[key.rpartition(".")[0]])
+        if self.bits is None and isinstance(wq, A2QWeightQuantizer):
+            self.bits = wq.accumulator_bits
+        s_in = s_in.detach()
+        self.s_acc = s_in.double().reshape(()) * s_w  # [G·H]
+        self.bias_codes: Tensor | None = None
+        self.float_bias: Tensor | None = None
+        if b is not None:
+            bq = q.bias(which, b, s_in, w).detach().double()
+            if isinstance(getattr(q, f"bias_{which}_quant"), BiasQuantizer):
+                self.bias_codes = torch.round(bq / self.s_acc).long()
+            else:
+                self.float_bias = bq
+
+    def __call__(self, x_codes: Tensor) -> Tensor:
+        """b + Σ x·q in the P-bit accumulator as float64 values on s_x·s_w."""
+        lead = x_codes.shape[:-1]
+        acc, exact, over = self.ex._linear(
+            x_codes.reshape(-1, x_codes.shape[-1]), self.codes, self.bits, self.bias_codes
+        )
+        self.ex._record(self.key, self.m, self.bits, exact, over, self.bias_codes is not None)
+        y = (acc.double() * self.s_acc).reshape(*lead, -1)
+        return y if self.float_bias is None else y + self.float_bias
+
+
+def _on_grid(v: Tensor, s: Tensor) -> QTensor:
+    """Values known to lie on the grid of scale ``s`` as codes (exact in float64)."""
+    return QTensor(torch.round(v.double() / s).long(), s)
+
+
+def _recurrent_direction(ex: _Executor, path: str, m, layer: int, sfx: str, xq: QTensor):
+    key = f"l{layer}{sfx}"
+    q = m.directions[key]
+    p = m.params(layer, sfx)
+    s_h = q.hidden_quant.scale().detach().double()
+    ih = _RecurrentMatmul(ex, m, f"{path}.{key}", q, "ih", p, m.input_quant[layer].scale())
+    hh = _RecurrentMatmul(ex, m, f"{path}.{key}", q, "hh", p, q.hidden_quant.scale())
+
+    def step(name: str) -> Callable[[Tensor], Tensor]:
+        qz = getattr(q, f"{name}_quant")
+        if not isinstance(qz, Quantizer):
+            return lambda v: v
+        return lambda v: ex._requant(qz, v, path).dequantize()
+
+    f = StepQuant(*(step(n) for n in ("gate", "sigmoid", "tanh", "cell", "hidden")))
+    B = xq.codes.shape[1]
+    state = [torch.zeros(B, m.hidden_size, dtype=torch.float64)] * m.n_states
+    hh_fn = lambda h: hh(_on_grid(h, s_h).codes)  # noqa: E731
+    out, last = m.recurrence(ih(xq.codes), hh_fn, f, state, reverse=sfx == "_reverse")
+    scales = [s_h] + ([q.cell_quant.scale().detach().double()] if m.n_states == 2 else [])
+    return _on_grid(out, s_h), [_on_grid(v, s) for v, s in zip(last, scales, strict=True)]
+
+
+def _cat_codes(parts: list[QTensor], dim: int) -> QTensor:
+    """Concatenate codes along ``dim`` (the scales per entry when they differ)."""
+    codes = torch.cat([v.codes for v in parts], dim)
+    if all(torch.equal(v.scale, parts[0].scale) for v in parts):
+        return QTensor(codes, parts[0].scale)
+    shape = [1] * codes.dim()
+    shape[dim] = -1
+    s = torch.cat([v.scale.reshape(()).expand(v.codes.shape[dim]) for v in parts])
+    return QTensor(codes, s.reshape(shape))
+
+
+@integer_forward(QuantRecurrent)
+def _recurrent_forward(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:
+    """QuantLSTM / QuantGRU / QuantRNN on integer codes (section comment above)."""
+    x = args[0] if args else None
+    if kwargs or len(args) > 1 or not isinstance(x, QTensor | Tensor) or not _recurrent_ready(m):
+        return NotImplemented
+    if (x.codes if isinstance(x, QTensor) else x).dim() != 3:
+        return NotImplemented  # unbatched input: run in float
+    tm = (lambda t: t.transpose(0, 1)) if m.batch_first else (lambda t: t)
+    x = x.map_shape(tm) if isinstance(x, QTensor) else tm(x)
+    finals: list[list[QTensor]] = [[] for _ in range(m.n_states)]
+    for layer in range(m.num_layers):
+        xq = ex._requant(m.input_quant[layer], x, path)  # codes [T, B, F]
+        outs = []
+        for sfx in m.suffixes():
+            out, last = _recurrent_direction(ex, path, m, layer, sfx, xq)
+            outs.append(out)
+            for f, v in zip(finals, last, strict=True):
+                f.append(v.map_shape(lambda t: t.unsqueeze(0)))
+        x = _cat_codes(outs, 2)
+    states = [_cat_codes(f, 0) for f in finals]
+    return x.map_shape(tm), (tuple(states) if m.n_states == 2 else states[0])
 
 
 def _torch_on_codes(ex: _Executor, path: str, m: nn.Module, args: tuple, kwargs) -> Any:

@@ -7,9 +7,13 @@ Every format is a *grid function* g on scaled values v = x/s + z, defined on
     x̂ = s · (c + sg(g(c) − c) − z)          (sg = stop-gradient)
 
 Its value is s·(g(c) − z). Its gradients are the straight-through estimator and
-the LSQ scale gradient (Esser et al., ICLR 2020) without any custom backward:
-inside the range ∂x̂/∂x = 1, ∂x̂/∂s = g(v) − v, ∂x̂/∂z = 0; outside ∂x̂/∂x = 0,
-∂x̂/∂s = g(c) − z, ∂x̂/∂z = −s.
+the LSQ scale gradient (Esser et al., ICLR 2020): inside the range ∂x̂/∂x = 1,
+∂x̂/∂s = g(v) − v, ∂x̂/∂z = 0; outside ∂x̂/∂x = 0, ∂x̂/∂s = g(c) − z, ∂x̂/∂z = −s
+("inside" includes the bounds, as ``torch.clamp``'s gradient does). With a zero
+point or a non-saturating grid they come from autograd through the formula; in
+the common case (saturating grid, no zero point) one autograd node computes them
+(:class:`_FakeQuantSTE`), the same values with fewer tensor ops per call, which
+matters in recurrences and tiny models where per-op overhead dominates.
 
 >>> import torch
 >>> from hwquant.spec.formats import IntFormat
@@ -137,6 +141,8 @@ def fake_quantize(
         if zero_point is not None:
             q = q - zero_point
         return q.mul_(scale)
+    if zero_point is None and grid.saturating:
+        return _FakeQuantSTE.apply(x, scale, grid)
     v = x / scale if zero_point is None else x / scale + zero_point
     if grid.saturating:
         c = torch.clamp(v, grid.lo, grid.hi)
@@ -147,3 +153,28 @@ def fake_quantize(
     if zero_point is not None:
         y = y - zero_point
     return y * scale
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """s·g(clamp(x/s, lo, hi)) with the straight-through / LSQ gradients of the
+    module docstring (z = 0), as one autograd node."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, s: Tensor | float, grid: Grid) -> Tensor:  # type: ignore[override]
+        v = x / s
+        c = v.clamp(grid.lo, grid.hi)
+        q = grid.fn(c)
+        inside = c == v  # lo ≤ v ≤ hi (False for nan)
+        scale_grad = isinstance(s, Tensor) and ctx.needs_input_grad[1]
+        # ∂x̂/∂s per element: g(v) − v inside the range, g(c) outside
+        d = torch.where(inside, q - v, q) if scale_grad else None
+        ctx.save_for_backward(inside, d)
+        ctx.scale_shape = s.shape if scale_grad else None
+        return q * s
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        inside, d = ctx.saved_tensors
+        gx = torch.where(inside, g, 0.0) if ctx.needs_input_grad[0] else None
+        gs = None if d is None else (g * d).sum_to_size(ctx.scale_shape)
+        return gx, gs, None

@@ -26,6 +26,7 @@ from hwquant.nn.linear import QuantLinear
 from hwquant.nn.merge import QuantAdd, QuantCat
 from hwquant.nn.pool import QuantAvgPool2d, QuantMaxPool2d
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
+from hwquant.nn.recurrent import QuantGRU, QuantLSTM, QuantRNN, RecurrentQuantizers
 
 __all__ = [
     "A2QWeightQuantizer",
@@ -42,16 +43,20 @@ __all__ = [
     "QuantConvTranspose2d",
     "QuantConvTranspose3d",
     "QuantEmbedding",
+    "QuantGRU",
     "QuantHardtanh",
+    "QuantLSTM",
     "QuantLayer",
     "QuantLinear",
     "QuantMaxPool2d",
+    "QuantRNN",
     "QuantReLU",
     "QuantReLU6",
     "QuantSigmoid",
     "QuantTanh",
     "QuantWeightLayer",
     "Quantizer",
+    "RecurrentQuantizers",
     "kind_of",
     "kinds",
     "weight_kinds",

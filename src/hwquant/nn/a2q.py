@@ -78,11 +78,13 @@ from hwquant.nn.kinds import kind_of
 from hwquant.nn.quantizer import BiasQuantizer, QuantCodes, Quantizer
 from hwquant.spec.a2q import A2Q
 from hwquant.spec.formats import IntFormat
+from hwquant.spec.quant_spec import QuantSpec
 
 __all__ = [
     "MARGIN",
     "A2QWeightQuantizer",
     "BoundCheck",
+    "a2q_input_format",
     "a2q_layers",
     "a2q_penalty",
     "accumulator_bias_codes",
@@ -398,9 +400,16 @@ def _within_budget(q: Tensor, bound: float, zero_centre: bool) -> Tensor:
 
 
 def _input_format(layer: nn.Module, spec: A2Q, owner: str) -> IntFormat:
+    in_spec = getattr(getattr(layer, "layer_spec", None), "input", None)
+    return a2q_input_format(in_spec, spec, owner)
+
+
+def a2q_input_format(in_spec: QuantSpec | None, spec: A2Q, owner: str) -> IntFormat:
+    """The N-bit input format an A2Q weight quantizer bounds its accumulator for: that
+    of the matmul's input quantizer ``in_spec``, else ``spec.input_format``; ValueError
+    (naming ``owner``) when there is neither, or the input is not a symmetric integer."""
     name = type(spec).__name__
     declared = spec.input_format
-    in_spec = getattr(getattr(layer, "layer_spec", None), "input", None)
     if in_spec is None:
         if declared is None:
             raise ValueError(

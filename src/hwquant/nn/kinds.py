@@ -16,7 +16,10 @@ of layer types. A kind records
 - :meth:`LayerKind.geometry` (K, out_channels, groups, pixels of one call) and
   :meth:`LayerKind.weight_rows` (the weight as [out_channels, K'] rows, one per
   output channel, the transposed / grouped reshape done here once);
-- ``role``: ``"weight"``, ``"activation"``, ``"pool"`` or ``"merge"``.
+- ``role``: ``"weight"``, ``"activation"``, ``"pool"``, ``"merge"`` or ``"recurrent"``;
+- ``takes_default``: ``Recipe.default`` applies to the float twin (default: the
+  kinds that accumulate; recurrent layers too, whose matmuls live inside their
+  recurrence and are not ``accumulates`` kinds with one ``weight``).
 
 Registering a kind also tells ``hwquant.spec`` (which sits below nn and cannot import
 it) that its float class name is a valid ``Recipe.by_type`` key
@@ -114,6 +117,7 @@ class LayerKind:
     out_axis: int = 0
     transposed: bool = False
     switches: bool = False  # the layer itself changes with set_quantization (avg pool)
+    takes_default: bool | None = None  # None: ``accumulates``
     geometry_fn: GeometryFn | None = None
     matrix_fn: Callable[[nn.Module, Geometry], Matrix] | None = None
     rows_fn: RowsFn = leading_rows
@@ -170,9 +174,8 @@ def layer_kind(**fields) -> Callable[[type], type]:
         _BY_TYPE[cls] = kind
         if kind.float_type is not None:
             _BY_TYPE[kind.float_type] = kind
-            register_recipe_type(
-                kind.float_type.__name__, takes_default=kind.accumulates, role=kind.role
-            )
+            default = kind.accumulates if kind.takes_default is None else kind.takes_default
+            register_recipe_type(kind.float_type.__name__, takes_default=default, role=kind.role)
         return cls
 
     return add

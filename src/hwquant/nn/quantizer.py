@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -374,6 +374,17 @@ class Quantizer(nn.Module):
     # ---------------------------------------------------------------- forward paths
     def forward(self, x: Tensor) -> Tensor:
         return self._forward(x)
+
+    def step_function(self) -> Callable[[Tensor], Tensor]:
+        """This quantizer as a function for the many calls of one forward pass (the
+        time steps of a recurrence): a static quantizer reads its (learned) scale once
+        and returns x ↦ fake_quantize(x, s, z); in any other state (calibrating,
+        uninitialized, disabled, exporting) it returns itself, so each call still goes
+        through its state. Gradients reach a learned scale through every call."""
+        if self._forward != self._forward_static or self._grouped:
+            return self
+        s, z, grid = self.scale(), self.zero_point(), self.grid
+        return lambda x: fake_quantize(x, s, z, grid)
 
     def quantize(self, x: Tensor, s: Tensor, z: Tensor | None) -> Tensor:
         """Fake-quantize x with scale s and zero point z (handles grouped views)."""

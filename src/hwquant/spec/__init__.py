@@ -6,6 +6,7 @@ from hwquant.spec.formats import __all__ as _formats_all
 from hwquant.spec.layer_spec import LayerSpec, Recipe, accumulator_bias
 from hwquant.spec.quant_spec import *  # noqa: F403
 from hwquant.spec.quant_spec import __all__ as _qs_all
+from hwquant.spec.recurrent import RecurrentSpec, recurrent_spec
 
 __all__ = [
     *_formats_all,
@@ -15,5 +16,7 @@ __all__ = [
     "A2QPlus",
     "LayerSpec",
     "Recipe",
+    "RecurrentSpec",
     "accumulator_bias",
+    "recurrent_spec",
 ]
