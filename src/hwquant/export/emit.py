@@ -148,6 +148,8 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
             kind = kind_of(module) if is_quantized(module) else None
             if kind is not None and kind.has_weight:
                 _emit_layer_params(module, path, saved, params)
+            elif kind is not None and kind.role == "recurrent":
+                _emit_recurrent(module, path, saved, params)
             elif isinstance(module, Quantizer):
                 _emit_quantizer(module, path, None, saved, params)
             if kind is not None and kind.switches:  # integer average pooling
@@ -200,6 +202,43 @@ def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: 
         fn = _emitter_for(p)
         params[p.path] = p
         _set(saved, layer, "quant_bias", lambda: fn(bias, p))
+
+
+def _emit_recurrent(layer: nn.Module, path: str, saved: list, params: dict) -> None:
+    """Weight / bias quantizers of every direction see their parameter (accumulator
+    biases get the constant s_in·s_w); the time loop becomes one placeholder node
+    (:mod:`hwquant.export.recurrent`)."""
+    from hwquant.export.recurrent import recurrence_emitter
+
+    pre = f"{path}." if path else ""
+    for key, q in layer.directions.items():
+        lay, _, rev = key[1:].partition("_")
+        p = layer.params(int(lay), "_" + rev if rev else "")
+        s_in = {"ih": layer.input_quant[int(lay)], "hh": q.hidden_quant}
+        for which in ("ih", "hh"):
+            wq, w = getattr(q, f"weight_{which}_quant"), p[f"w_{which}"]
+            where = f"{pre}directions.{key}."
+            if isinstance(wq, Quantizer):
+                _emit_quantizer(wq, f"{where}weight_{which}_quant", w, saved, params)
+            bq, b = getattr(q, f"bias_{which}_quant"), p[f"b_{which}"]
+            if isinstance(bq, Quantizer):
+                _emit_quantizer(bq, f"{where}bias_{which}_quant", b, saved, params)
+            elif isinstance(bq, BiasQuantizer) and bq.state != "float" and b is not None:
+                _emit_accumulator_bias(q, which, b, w, s_in[which], f"{where}bias_{which}_quant", saved, params)
+    _set(saved, layer, "recurrence", recurrence_emitter(layer, path))
+
+
+def _emit_accumulator_bias(q, which: str, b, w, s_in_q, path: str, saved: list, params: dict) -> None:
+    bq: BiasQuantizer = getattr(q, f"bias_{which}_quant")
+    with torch.no_grad():
+        s_in = s_in_q.scale().detach()
+        wq = getattr(q, f"weight_{which}_quant")
+        s_acc = (s_in * wq.scale_for(w)).reshape(-1).detach().clone()
+        bias = q.bias(which, b, s_in, w).detach().clone()  # A2Q: clipped to fit P bits
+    p = QuantParams(path, bq.spec, s_acc, None)
+    fn = _emitter_for(p)
+    params[path] = p
+    _set(saved, bq, "_forward", lambda _b, _s: fn(bias, p))
 
 
 def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tensor]:

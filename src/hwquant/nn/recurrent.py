@@ -61,7 +61,15 @@ from hwquant.spec.layer_spec import LayerSpec
 from hwquant.spec.quant_spec import QuantSpec
 from hwquant.spec.recurrent import RecurrentSpec, recurrent_spec
 
-__all__ = ["QuantGRU", "QuantLSTM", "QuantRNN", "RecurrentQuantizers"]
+__all__ = [
+    "HiddenProjection",
+    "QuantGRU",
+    "QuantLSTM",
+    "QuantRNN",
+    "QuantRecurrent",
+    "RecurrentQuantizers",
+    "StepQuant",
+]
 
 _ACT = ("gate_quant", "sigmoid_quant", "tanh_quant", "cell_quant", "hidden_quant")
 Fn = Callable[[Tensor], Tensor]
@@ -80,6 +88,18 @@ class StepQuant(NamedTuple):
 
 def _step_fn(m: nn.Module) -> Fn:
     return m.step_function() if isinstance(m, Quantizer) else m
+
+
+class HiddenProjection:
+    """h ↦ h·Ŵ_hhᵀ + b̂_hh for the steps of one direction; ``weight`` / ``bias`` are the
+    quantized tensors (export writes them as the recurrence's inputs)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, h: Tensor) -> Tensor:
+        y = h @ self.weight.t()  # MatMul (+ Add): no Gemm for onnxruntime to re-fuse
+        return y if self.bias is None else y + self.bias
 
 
 def _weight_quantizer(spec: QuantSpec | None, w: Tensor, in_spec, owner: str) -> nn.Module:
@@ -163,6 +183,7 @@ class QuantRecurrent(nn.Module):
 
     float_type: ClassVar[type[nn.Module]]
     n_states: ClassVar[int] = 1  # h (and c for LSTM)
+    gate_count: ClassVar[int] = 1  # G: rows of W_ih per hidden unit (LSTM 4, GRU 3)
     #: the cell's activation quantizers (RecurrentSpec fields it uses)
     cell_quantizers: ClassVar[tuple[str, ...]]
 
@@ -310,7 +331,7 @@ class QuantRecurrent(nn.Module):
         else:
             x, batched = self._check_input(input, hx)
         states = self._initial(hx, x.shape[1], batched, x)
-        y, finals = self._layers(x, states, lengths)
+        y, finals = self._layers(x, states, lengths, given=hx is not None)
         if packed:
             order = input.sorted_indices
             y_sorted = y if order is None else y.index_select(1, order)
@@ -327,8 +348,10 @@ class QuantRecurrent(nn.Module):
         return y, (tuple(finals) if self.n_states == 2 else finals[0])
 
     def _layers(
-        self, x: Tensor, states: list[Tensor], lengths: Tensor | None
+        self, x: Tensor, states: list[Tensor], lengths: Tensor | None, given: bool
     ) -> tuple[Tensor, list[Tensor]]:
+        """All layers and directions; ``given``: the initial states came from the
+        caller (they are quantized; zeros are on every grid)."""
         finals: list[list[Tensor]] = [[] for _ in states]
         mask = None
         if lengths is not None:  # [T, B, 1]: step t is inside sequence b
@@ -341,6 +364,7 @@ class QuantRecurrent(nn.Module):
             for d, sfx in enumerate(self.suffixes()):
                 i = layer * D + d
                 init = [s[i] for s in states]
+                init = self._quantized_init(layer, sfx, init) if given else init
                 out, last = self._direction(layer, sfx, xq, init, mask, reverse=d == 1)
                 outs.append(out)
                 for f, v in zip(finals, last, strict=True):
@@ -366,12 +390,13 @@ class QuantRecurrent(nn.Module):
         b_ih = q.bias("ih", p["b_ih"], s_x, p["w_ih"])
         b_hh = q.bias("hh", p["b_hh"], self._scale(q.hidden_quant), p["w_hh"])
         ax = F.linear(xq, w_ih, b_ih)  # [T, B, G·H]: every step's input projection at once
-        state = [q.hidden_quant(init[0]) if init[0].any() else init[0]]
-        if len(init) == 2:
-            state.append(q.cell_quant(init[1]) if init[1].any() else init[1])
-        return self.recurrence(
-            ax, lambda h: F.linear(h, w_hh, b_hh), q.step_quant(), state, mask, reverse
-        )
+        hh = HiddenProjection(w_hh, b_hh)
+        return self.recurrence(ax, hh, q.step_quant(), init, mask, reverse, f"l{layer}{sfx}")
+
+    def _quantized_init(self, layer: int, sfx: str, init: list[Tensor]) -> list[Tensor]:
+        """A caller's initial h (and c) on the hidden (and cell) grid."""
+        q = self.directions[f"l{layer}{sfx}"]
+        return [q.hidden_quant(init[0]), *(q.cell_quant(c) for c in init[1:])]
 
     def recurrence(
         self,
@@ -381,18 +406,22 @@ class QuantRecurrent(nn.Module):
         state: list[Tensor],
         mask: Tensor | None = None,
         reverse: bool = False,
+        direction: str = "l0",
     ) -> tuple[Tensor, list[Tensor]]:
-        """The time steps of one direction: ``ax`` [T, B, G·H] the input projections,
-        ``hh`` the hidden projection h ↦ h·Ŵ_hhᵀ + b̂_hh, ``f`` the activation
+        """The time steps of one direction (``direction``: its key in ``directions``):
+        ``ax`` [T, B, G·H] the input projections, ``hh`` the hidden projection
+        h ↦ h·Ŵ_hhᵀ + b̂_hh (a :class:`HiddenProjection`), ``f`` the activation
         quantizers, ``state`` the initial [h] or [h, c]. Returns the hidden states
-        [T, B, H] and the final state. (Integer execution calls it with integer
-        projections and re-quantizing step functions: the same cell arithmetic.)"""
+        [T, B, H] and the final state. Integer execution calls it with integer
+        projections and re-quantizing step functions (the same cell arithmetic);
+        export replaces it with one node that becomes an ONNX ``Scan``
+        (:mod:`hwquant.export.recurrent`)."""
         T = ax.shape[0]
         steps = range(T - 1, -1, -1) if reverse else range(T)
         outs: list[Tensor] = [ax.new_empty(0)] * T
         ax_t = ax.unbind(0)  # one backward node (indexing ax[t] would zero-fill ax per step)
         for t in steps:
-            new = self._cell(f, ax_t[t], state, hh)
+            new = self.step(f, ax_t[t], state, hh)
             if mask is not None:  # past a sequence's end: keep the state, output 0
                 m = mask[t]
                 new = [torch.where(m, n, s) for n, s in zip(new, state, strict=True)]
@@ -406,7 +435,7 @@ class QuantRecurrent(nn.Module):
     def _scale(q: nn.Module) -> Tensor | None:
         return q.scale() if isinstance(q, Quantizer) and q.state == "static" else None
 
-    def _cell(self, q: StepQuant, ax: Tensor, state: list[Tensor], hh: Fn) -> list[Tensor]:
+    def step(self, q: StepQuant, ax: Tensor, state: list[Tensor], hh: Fn) -> list[Tensor]:
         """One time step: the new [h] (or [h, c]) from the input projection ``ax``."""
         raise NotImplementedError  # pragma: no cover - each cell type defines it
 
@@ -422,12 +451,13 @@ class QuantLSTM(QuantRecurrent, nn.LSTM):
 
     float_type = nn.LSTM
     n_states = 2
+    gate_count = 4
     cell_quantizers = ("gate", "sigmoid", "tanh", "cell", "hidden")
 
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         _init(self, nn.LSTM, args, spec, kwargs)
 
-    def _cell(self, q, ax, state, hh):
+    def step(self, q, ax, state, hh):
         h, c = state
         H = self.hidden_size
         p = q.gate(ax + hh(h))  # [B, 4H]: i, f, g, o
@@ -444,11 +474,12 @@ class QuantGRU(QuantRecurrent, nn.GRU):
 
     float_type = nn.GRU
     cell_quantizers = ("gate", "sigmoid", "tanh", "hidden")
+    gate_count = 3
 
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         _init(self, nn.GRU, args, spec, kwargs)
 
-    def _cell(self, q, ax, state, hh):
+    def step(self, q, ax, state, hh):
         (h,) = state
         H = self.hidden_size
         ah = hh(h)  # [B, 3H]: r, z, n
@@ -468,7 +499,7 @@ class QuantRNN(QuantRecurrent, nn.RNN):
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         _init(self, nn.RNN, args, spec, kwargs)
 
-    def _cell(self, q, ax, state, hh):
+    def step(self, q, ax, state, hh):
         (h,) = state
         p = q.gate(ax + hh(h))
         return [q.hidden(torch.tanh(p) if self.nonlinearity == "tanh" else torch.relu(p))]
