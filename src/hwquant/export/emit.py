@@ -164,6 +164,9 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
 
 
 _MISSING = object()
+#: the placeholder node of a recurrent layer's time loop (hwquant.export.recurrent)
+RECURRENT_DOMAIN = "hwquant.recurrent"
+RECURRENCE = "Recurrence"
 
 
 def _set(saved: list, obj: nn.Module, name: str, value: object) -> None:
@@ -208,8 +211,6 @@ def _emit_recurrent(layer: nn.Module, path: str, saved: list, params: dict) -> N
     """Weight / bias quantizers of every direction see their parameter (accumulator
     biases get the constant s_in·s_w); the time loop becomes one placeholder node
     (:mod:`hwquant.export.recurrent`)."""
-    from hwquant.export.recurrent import recurrence_emitter
-
     pre = f"{path}." if path else ""
     for key, q in layer.directions.items():
         lay, _, rev = key[1:].partition("_")
@@ -224,11 +225,41 @@ def _emit_recurrent(layer: nn.Module, path: str, saved: list, params: dict) -> N
             if isinstance(bq, Quantizer):
                 _emit_quantizer(bq, f"{where}bias_{which}_quant", b, saved, params)
             elif isinstance(bq, BiasQuantizer) and bq.state != "float" and b is not None:
-                _emit_accumulator_bias(q, which, b, w, s_in[which], f"{where}bias_{which}_quant", saved, params)
-    _set(saved, layer, "recurrence", recurrence_emitter(layer, path))
+                _emit_accumulator_bias(
+                    q, which, b, w, s_in[which], f"{where}bias_{which}_quant", saved, params
+                )
+    _set(saved, layer, "recurrence", _recurrence_emitter(layer, path))
 
 
-def _emit_accumulator_bias(q, which: str, b, w, s_in_q, path: str, saved: list, params: dict) -> None:
+def _recurrence_emitter(layer: nn.Module, path: str) -> Callable:
+    """The ``recurrence`` slot of a recurrent layer during export: one placeholder
+    node, expanded into a Scan or unrolled steps by :mod:`hwquant.export.recurrent`."""
+
+    def recurrence(ax, hh, f, state, mask=None, reverse=False, direction="l0"):
+        if mask is not None:
+            raise ValueError(
+                f"{path}: packed sequences cannot be exported; export the padded tensor "
+                "(and give the sequence length as a dynamic axis)"
+            )
+        T, B, H = ax.shape[0], ax.shape[1], layer.hidden_size
+        b = hh.bias if hh.bias is not None else hh.weight.new_zeros(hh.weight.shape[0])
+        outs = torch.onnx.ops.symbolic_multi_out(
+            f"{RECURRENT_DOMAIN}::{RECURRENCE}",
+            (ax, hh.weight, b, *state),
+            {"layer": path, "direction": direction, "reverse": int(reverse)},
+            dtypes=[ax.dtype] * (1 + len(state)),
+            shapes=[(T, B, H)] + [(B, H)] * len(state),
+            version=1,
+            metadata_props={PATH_KEY: f"{path}.{direction}" if path else direction},
+        )
+        return outs[0], list(outs[1:])
+
+    return recurrence
+
+
+def _emit_accumulator_bias(
+    q, which: str, b, w, s_in_q, path: str, saved: list, params: dict
+) -> None:
     bq: BiasQuantizer = getattr(q, f"bias_{which}_quant")
     with torch.no_grad():
         s_in = s_in_q.scale().detach()

@@ -139,7 +139,9 @@ def qonnx_proto(
     if recurrent not in FORMS:
         raise ValueError(f"recurrent must be one of {list(FORMS)}, got {recurrent!r}")
     if dynamic_length is not None and recurrent != "scan":
-        raise ValueError("dynamic_length needs recurrent='scan' (an unrolled loop has a fixed length)")
+        raise ValueError(
+            "dynamic_length needs recurrent='scan' (an unrolled loop has a fixed length)"
+        )
     with eval_mode(model):
         check_quantizers_ready(model)
         warn_ignored_subnormals(model)

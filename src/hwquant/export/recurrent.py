@@ -33,14 +33,13 @@ and with disabled optimizations on the QCDQ graph).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hwquant.export.ops import PATH_KEY
+from hwquant.export.emit import RECURRENCE, RECURRENT_DOMAIN, emitting
 from hwquant.nn.recurrent import HiddenProjection, QuantRecurrent, StepQuant
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,38 +51,9 @@ __all__ = [
     "RECURRENT_DOMAIN",
     "expand_recurrences",
     "has_recurrences",
-    "recurrence_emitter",
 ]
 
-RECURRENT_DOMAIN = "hwquant.recurrent"
-RECURRENCE = "Recurrence"
 FORMS = ("scan", "unrolled")
-
-
-# ---------------------------------------------------------------- while tracing
-def recurrence_emitter(layer: QuantRecurrent, path: str) -> Callable:
-    """The ``recurrence`` slot of ``layer`` during export: one placeholder node."""
-
-    def recurrence(ax, hh, f, state, mask=None, reverse=False, direction="l0"):
-        if mask is not None:
-            raise ValueError(
-                f"{path}: packed sequences cannot be exported; export the padded tensor "
-                "(and give the sequence length as a dynamic axis)"
-            )
-        T, B, H = ax.shape[0], ax.shape[1], layer.hidden_size
-        b = hh.bias if hh.bias is not None else hh.weight.new_zeros(hh.weight.shape[0])
-        outs = torch.onnx.ops.symbolic_multi_out(
-            f"{RECURRENT_DOMAIN}::{RECURRENCE}",
-            (ax, hh.weight, b, *state),
-            {"layer": path, "direction": direction, "reverse": int(reverse)},
-            dtypes=[ax.dtype] * (1 + len(state)),
-            shapes=[(T, B, H)] + [(B, H)] * len(state),
-            version=1,
-            metadata_props={PATH_KEY: f"{path}.{direction}" if path else direction},
-        )
-        return outs[0], list(outs[1:])
-
-    return recurrence
 
 
 class _Step(nn.Module):
@@ -106,8 +76,6 @@ def _step_graph(model: nn.Module, layer: QuantRecurrent, key: str, B: int) -> on
     """The step of ``layer``'s direction ``key`` as an ONNX graph (Quant nodes emitted
     by the quantizers of ``model``), its constants as Constant nodes."""
     from onnx import helper
-
-    from hwquant.export.emit import emitting
 
     H = layer.hidden_size
     G = layer.gate_count * H
@@ -231,7 +199,9 @@ def _unrolled(
     ys, *finals = n.output
     consts = [x for x in body.node if x.op_type == "Constant"]
     for c in consts:
-        g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(c.attribute[0].t), c.output[0]))
+        g.initializer.append(
+            numpy_helper.from_array(numpy_helper.to_array(c.attribute[0].t), c.output[0])
+        )
     step_nodes = [x for x in body.node if x.op_type != "Constant"]
     const_names = {c.output[0] for c in consts}
     ins = [v.name for v in body.input]
@@ -246,7 +216,9 @@ def _unrolled(
         t_const = f"{idx_name}{t}_index"
         g.initializer.append(numpy_helper.from_array(np.array(t, dtype=np.int64), t_const))
         ax_t = f"{tag}_ax"
-        out_nodes.append(helper.make_node("Gather", [ax, t_const], [ax_t], axis=0, name=f"{tag}_gather"))
+        out_nodes.append(
+            helper.make_node("Gather", [ax, t_const], [ax_t], axis=0, name=f"{tag}_gather")
+        )
         mapping = dict(zip(ins, [*cur, w, b, ax_t], strict=True))
 
         def m(name: str, tag: str = tag, mapping: dict = mapping) -> str:
