@@ -208,26 +208,19 @@ def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: 
 
 
 def _emit_recurrent(layer: nn.Module, path: str, saved: list, params: dict) -> None:
-    """Weight / bias quantizers of every direction see their parameter (accumulator
+    """Weight / bias quantizers of every gate matmul see their parameter (accumulator
     biases get the constant s_in·s_w); the time loop becomes one placeholder node
     (:mod:`hwquant.export.recurrent`)."""
     pre = f"{path}." if path else ""
-    for key, q in layer.directions.items():
-        lay, _, rev = key[1:].partition("_")
-        p = layer.params(int(lay), "_" + rev if rev else "")
-        s_in = {"ih": layer.input_quant[int(lay)], "hh": q.hidden_quant}
-        for which in ("ih", "hh"):
-            wq, w = getattr(q, f"weight_{which}_quant"), p[f"w_{which}"]
-            where = f"{pre}directions.{key}."
-            if isinstance(wq, Quantizer):
-                _emit_quantizer(wq, f"{where}weight_{which}_quant", w, saved, params)
-            bq, b = getattr(q, f"bias_{which}_quant"), p[f"b_{which}"]
-            if isinstance(bq, Quantizer):
-                _emit_quantizer(bq, f"{where}bias_{which}_quant", b, saved, params)
-            elif isinstance(bq, BiasQuantizer) and bq.state != "float" and b is not None:
-                _emit_accumulator_bias(
-                    q, which, b, w, s_in[which], f"{where}bias_{which}_quant", saved, params
-                )
+    for mm in layer.matmuls():
+        where = f"{pre}directions.{mm.key.partition('.')[0]}."
+        wq, bq = mm.weight_quant, mm.bias_quant
+        if isinstance(wq, Quantizer):
+            _emit_quantizer(wq, f"{where}weight_{mm.which}_quant", mm.weight, saved, params)
+        if isinstance(bq, Quantizer):
+            _emit_quantizer(bq, f"{where}bias_{mm.which}_quant", mm.bias, saved, params)
+        elif isinstance(bq, BiasQuantizer) and bq.state != "float" and mm.bias is not None:
+            _emit_accumulator_bias(mm, f"{where}bias_{mm.which}_quant", saved, params)
     _set(saved, layer, "recurrence", _recurrence_emitter(layer, path))
 
 
@@ -257,19 +250,17 @@ def _recurrence_emitter(layer: nn.Module, path: str) -> Callable:
     return recurrence
 
 
-def _emit_accumulator_bias(
-    q, which: str, b, w, s_in_q, path: str, saved: list, params: dict
-) -> None:
-    bq: BiasQuantizer = getattr(q, f"bias_{which}_quant")
+def _emit_accumulator_bias(mm, path: str, saved: list, params: dict) -> None:
+    """A recurrent matmul's bias on its accumulator scale s_in·s_w, as a constant."""
     with torch.no_grad():
-        s_in = s_in_q.scale().detach()
-        wq = getattr(q, f"weight_{which}_quant")
-        s_acc = (s_in * wq.scale_for(w)).reshape(-1).detach().clone()
-        bias = q.bias(which, b, s_in, w).detach().clone()  # A2Q: clipped to fit P bits
-    p = QuantParams(path, bq.spec, s_acc, None)
+        s_in = mm.input_quant.scale().detach()
+        s_acc = (s_in * mm.weight_quant.scale_for(mm.weight)).reshape(-1).detach().clone()
+        # A2Q: clipped to fit the P-bit accumulator
+        bias = mm.quantizers.bias(mm.which, mm.bias, s_in, mm.weight).detach().clone()
+    p = QuantParams(path, mm.bias_quant.spec, s_acc, None)
     fn = _emitter_for(p)
     params[path] = p
-    _set(saved, bq, "_forward", lambda _b, _s: fn(bias, p))
+    _set(saved, mm.bias_quant, "_forward", lambda _b, _s: fn(bias, p))
 
 
 def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tensor]:

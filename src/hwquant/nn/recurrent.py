@@ -63,6 +63,7 @@ from hwquant.spec.recurrent import RecurrentSpec, recurrent_spec
 
 __all__ = [
     "HiddenProjection",
+    "Matmul",
     "QuantGRU",
     "QuantLSTM",
     "QuantRNN",
@@ -178,6 +179,44 @@ class RecurrentQuantizers(nn.Module):
         return bq(b, s_acc)
 
 
+class Matmul(NamedTuple):
+    """One gate matmul of a recurrent layer: ``key`` (``l0.ih``, ``l1_reverse.hh``),
+    its weight [G·H, K] and bias, the quantizer of its input (the layer's input
+    quantizer for ih, the hidden-state quantizer for hh) and the direction's
+    quantizers."""
+
+    key: str
+    which: str
+    weight: Tensor
+    bias: Tensor | None
+    input_quant: nn.Module
+    quantizers: RecurrentQuantizers
+
+    @property
+    def weight_quant(self) -> nn.Module:
+        return getattr(self.quantizers, f"weight_{self.which}_quant")
+
+    @property
+    def bias_quant(self) -> nn.Module:
+        return getattr(self.quantizers, f"bias_{self.which}_quant")
+
+    def weight_codes(self) -> tuple[Tensor, Tensor] | None:
+        """(codes [G·H, K] int64, scale [G·H] float64), or None (not integer)."""
+        return self.quantizers.weight_codes(self.which, self.weight)
+
+    @torch.no_grad()
+    def bias_codes(self) -> Tensor | None:
+        """The integer bias codes b = round(b̂/(s_in·s_w)) preloaded into this matmul's
+        accumulator (int64 [G·H]); None without a bias on the accumulator scale."""
+        bq, s_in = self.bias_quant, self.input_quant
+        if self.bias is None or not isinstance(bq, BiasQuantizer) or bq.state == "float":
+            return None
+        s = s_in.scale().detach()
+        b = self.quantizers.bias(self.which, self.bias, s, self.weight).detach().double()
+        s_acc = s.double().reshape(()) * self.weight_quant.scale_for(self.weight).double()
+        return torch.round(b / s_acc.reshape(-1)).long()
+
+
 class QuantRecurrent(nn.Module):
     """Shared forward of QuantLSTM / QuantGRU / QuantRNN (module docstring)."""
 
@@ -215,6 +254,18 @@ class QuantRecurrent(nn.Module):
                 self.directions[f"l{layer}{sfx}"] = RecurrentQuantizers(
                     rspec, in_specs[layer], p, owner
                 )
+
+    def matmuls(self) -> list[Matmul]:
+        """Every gate matmul (ih and hh per layer and direction), in execution order."""
+        out = []
+        for layer in range(self.num_layers):
+            for sfx in self.suffixes():
+                key, p = f"l{layer}{sfx}", self.params(layer, sfx)
+                q = self.directions[key]
+                for which, iq in (("ih", self.input_quant[layer]), ("hh", q.hidden_quant)):
+                    w, b = p[f"w_{which}"], p[f"b_{which}"]
+                    out.append(Matmul(f"{key}.{which}", which, w, b, iq, q))
+        return out
 
     def suffixes(self) -> tuple[str, ...]:
         """The direction suffixes of the parameter names: ("",) or ("", "_reverse")."""
