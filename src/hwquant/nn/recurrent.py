@@ -24,6 +24,12 @@ round-off). Supported: ``num_layers``, ``bidirectional``, ``batch_first``,
 and packed sequences (each sequence stops at its length; the reverse direction starts
 at its last step). Not supported: LSTM ``proj_size`` (a clear error).
 
+Learned activation scales are set by the first batch when it reaches them: the
+gate quantizer by the first time step's pre-activations (no hidden-state term yet), a
+learned hidden-state scale after the first step (until then b_hh stays float). QAT
+trains them from there; for PTQ, calibrate (``hwquant.calibration``), which observes
+every time step.
+
 A bias on the accumulator scale (``accumulator_bias``) puts b_ih on s_x·s_ih and b_hh
 on s_h·s_hh, each preloaded into its own integer accumulator; A2Q weight specs bound
 each accumulator (ih with K = the input size, hh with K = hidden size) and clip their
