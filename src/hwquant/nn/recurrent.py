@@ -317,18 +317,10 @@ class QuantRecurrent(nn.Module):
     @torch.no_grad()
     def reset_weight_scale(self) -> None:
         """Re-derive learned weight / bias scales from the current parameters."""
-        for key, q in self.directions.items():
-            layer, _, rev = key[1:].partition("_")
-            p = self.params(int(layer), "_" + rev if rev else "")
-            pairs = (
-                (q.weight_ih_quant, p["w_ih"]),
-                (q.weight_hh_quant, p["w_hh"]),
-                (q.bias_ih_quant, p["b_ih"]),
-                (q.bias_hh_quant, p["b_hh"]),
-            )
-            for wq, t in pairs:
-                if isinstance(wq, Quantizer) and wq.spec.scale.learned and t is not None:
-                    wq.init_from(t)
+        for mm in self.matmuls():
+            for q, t in ((mm.weight_quant, mm.weight), (mm.bias_quant, mm.bias)):
+                if isinstance(q, Quantizer) and q.spec.scale.learned and t is not None:
+                    q.init_from(t)
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
