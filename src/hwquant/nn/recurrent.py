@@ -114,6 +114,11 @@ def _weight_quantizer(spec: QuantSpec | None, w: Tensor, in_spec, owner: str) ->
         return nn.Identity()
     if isinstance(spec, A2Q):  # accumulator-aware: needs this matmul's input format
         return A2QWeightQuantizer(spec, w, a2q_input_format(in_spec, spec, owner), owner=owner)
+    if type(spec) is not QuantSpec:  # e.g. a power-of-two weight scheme
+        raise ValueError(
+            f"{owner}: recurrent layers take QuantSpec or A2Q weight specs, not "
+            f"{type(spec).__name__}"
+        )
     return Quantizer.for_weight(spec, w)
 
 
