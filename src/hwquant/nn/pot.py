@@ -111,8 +111,8 @@ class PoTWeightQuantizer(Quantizer):
     def _alpha(self, v: Tensor) -> Tensor:
         """α for the normalized weight v: learned, or from v's statistics (no grad)."""
         if self.dynamic:
-            with torch.no_grad():
-                return self._stats(v)[0]
+            with torch.no_grad():  # in v's dtype: a float64 model stays float64
+                return self._stats(v)[0].to(v.dtype)
         return super().scale()
 
     # ---------------------------------------------------------------- forward paths
