@@ -47,6 +47,7 @@ __all__ = [
     "accumulator_range",
     "bias_in_accumulator",
     "input_code_range",
+    "integer_codes",
     "range_bits",
     "weight_code_rows",
     "weight_codes",
@@ -84,11 +85,19 @@ def weight_codes(layer: nn.Module) -> QuantCodes | None:
     wq = getattr(layer, "weight_quant", None)
     if not isinstance(wq, Quantizer):
         return None
-    d = wq.code_multiplier()
-    if d is None or wq.spec.zero_point != "symmetric":
+    return integer_codes(wq, layer.weight)
+
+
+def integer_codes(q: Quantizer, x: Tensor) -> QuantCodes | None:
+    """``x`` as quantizer ``q`` quantizes it now, as int64 integer codes m in x's
+    layout with the scale of one code (s/D, D the quantizer's ``code_multiplier``), or
+    None for grids without integer codes (minifloat), asymmetric zero points and
+    quantizers without codes (disabled, calibrating, uninitialized)."""
+    d = q.code_multiplier()
+    if d is None or q.spec.zero_point != "symmetric":
         return None
     try:
-        c = wq.codes(layer.weight)
+        c = q.codes(x)
     except ValueError:  # disabled / uninitialized: no codes
         return None
     if isinstance(d, int) and d == 1:
