@@ -54,6 +54,7 @@ from hwquant.spec.formats import (
     MSQFormat,
     PowerOfTwoFormat,
     TernaryFormat,
+    parse_format,
 )
 
 __all__ = ["LEVELS_KEY", "QUANT", "ROUNDING", "QuantOp", "emit_levels"]
@@ -110,9 +111,17 @@ class QuantOp(OnnxOp):
         return Step(s * 2 if int(bits) == 1 and signed else s)
 
     def read_format(self, node: Any, graph: GraphView) -> Format | None:
+        """The integer format, or the level format a ``hwquant.levels`` node names."""
+        scheme = _levels_scheme(node)
+        if scheme is not None:
+            return parse_format(scheme["format"])
         return read_int_format(node, graph, 3)
 
     def weight_codes(self, node: Any, graph: GraphView, fmt: Format) -> np.ndarray | None:
+        """Integer codes of a constant (for level formats the codes m = level·D)."""
+        if _levels_scheme(node) is not None:
+            x, s = graph.const(node.input[0]), graph.const(node.input[1])
+            return None if x is None or s is None else np.round(x / s)
         if not fmt.integer_codes:
             return None
         x = graph.const(node.input[0])
@@ -263,6 +272,13 @@ QUANT = register(QuantOp())
 #: node metadata key of a level-format weight: JSON naming the scheme, its integer
 #: magnitudes and the per-row code multiplier (:func:`emit_levels`).
 LEVELS_KEY = "hwquant.levels"
+
+
+def _levels_scheme(node: Any) -> dict | None:
+    for p in getattr(node, "metadata_props", ()):
+        if p.key == LEVELS_KEY:
+            return json.loads(p.value)
+    return None
 
 
 @quant_emitter(PowerOfTwoFormat, APoTFormat, MSQFormat)
