@@ -12,7 +12,8 @@ activations:
   after the conv cannot recover: see the README);
 - ``MSQ``: half the rows SP2, half fixed point (``PoTWeight(MSQFormat(b), sp2_fraction=0.5)``).
 
-Per model: test accuracy (fake-quantized), accuracy of the shift-add integer execution
+Per model: test accuracy after PTQ (α from max|w|, activations calibrated) and after
+QAT (fake-quantized), accuracy of the shift-add integer execution
 (:func:`hwquant.analysis.shift_exec.run_shift_add`, 32-bit accumulators) and whether
 its logits equal the fake-quantized model's in output codes (float64), and the cost
 model's LUT / DSP estimate with multipliers and with the PoTAcc-calibrated shift PE.
@@ -104,11 +105,18 @@ def float_model(s: Settings, data) -> tuple[torch.nn.Module, float]:
     return model, evaluate(model, data.test)
 
 
-def qat(s: Settings, fm: torch.nn.Module, data, scheme: str, bits: int) -> torch.nn.Module:
+def ptq(s: Settings, fm: torch.nn.Module, data, scheme: str, bits: int) -> torch.nn.Module:
+    """Post-training quantization: α from max|w| per row, activations calibrated."""
     torch.manual_seed(s.seed)
     model = hwquant.quantize(copy.deepcopy(fm), Recipe.uniform(weight_spec(scheme, bits), A8))
     with hwquant.calibration(model):
         model(data.calibration_batch(512))
+    return model.eval()
+
+
+def qat(s: Settings, fm: torch.nn.Module, data, scheme: str, bits: int) -> torch.nn.Module:
+    """PTQ, then quantization-aware training of weights, α and activation scales."""
+    model = ptq(s, fm, data, scheme, bits).train()
     fit(model, data.train, data.test, epochs=s.qat_epochs, lr=s.lr, progress=False)
     return model.eval()
 
@@ -127,16 +135,12 @@ def integer_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> d
         "shift_accuracy": float((run.outputs.argmax(1) == y).float().mean()),
         "max_code_diff": diff,
         "float_ops": run.float_ops,
-        "shift_terms": max(
-            (shift_codes(mod).terms for _, mod in _weight_layers(m)), default=0
-        ),
+        "shift_terms": max((shift_codes(mod).terms for _, mod in _weight_layers(m)), default=0),
     }
 
 
 def _weight_layers(model):
-    return [
-        (n, mod) for n, mod in model.named_modules() if weight_codes(mod) is not None
-    ]
+    return [(n, mod) for n, mod in model.named_modules() if weight_codes(mod) is not None]
 
 
 def hardware(model: torch.nn.Module) -> dict:
@@ -200,6 +204,7 @@ def run(s: Settings) -> dict:
                 "config": f"W{bits}A8",
                 "scheme": scheme,
                 "format": weight_spec(scheme, bits).format.name,
+                "ptq_accuracy": evaluate(ptq(s, fm, data, scheme, bits), data.test),
                 "accuracy": evaluate(m, data.test),
                 **integer_check(m, x, y),
                 **hardware(m),
@@ -223,9 +228,9 @@ def tables(res: dict) -> list[str]:
         "",
         f"float accuracy {100 * res['float_accuracy']:.2f} %",
         "",
-        "| config | scheme | format | accuracy % | shift-add accuracy % | max code diff "
+        "| config | scheme | format | PTQ % | QAT % | shift-add QAT % | max code diff "
         "| terms | LUT (mult) | DSP (mult) | LUT (shift PE) | DSP (shift PE) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         shift = (
@@ -234,7 +239,8 @@ def tables(res: dict) -> list[str]:
             else ("–", "–")
         )
         out.append(
-            f"| {r['config']} | {r['scheme']} | {r['format']} | {100 * r['accuracy']:.2f} "
+            f"| {r['config']} | {r['scheme']} | {r['format']} | {100 * r['ptq_accuracy']:.2f} "
+            f"| {100 * r['accuracy']:.2f} "
             f"| {100 * r['shift_accuracy']:.2f} | {r['max_code_diff']:.1e} | {r['shift_terms']} "
             f"| {r['luts']} | {r['dsps']} | {shift[0]} | {shift[1]} |"
         )

@@ -141,7 +141,7 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
 
     Yields {module path: QuantParams} of every emitting quantizer. Disabled
     quantizers stay identities. Raises ``ValueError`` naming the module path for
-    what QONNX cannot express (power-of-two / APoT / MSQ codes, stochastic
+    what QONNX cannot express (power-of-two / APoT / MSQ activations, stochastic
     rounding) and for quantizers without a scale yet."""
     saved: list[tuple[nn.Module, str, object]] = []
     params: dict[str, QuantParams] = {}
