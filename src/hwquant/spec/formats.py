@@ -527,7 +527,9 @@ class _LevelFormat(Format):
         for d in range(1, 1 << 16):
             if all(abs(m * d - round(m * d)) < 1e-9 for m in mags):
                 return d
-        raise ValueError(f"{self.name}: levels have no small common denominator")  # pragma: no cover
+        raise ValueError(  # pragma: no cover - every level set here has one
+            f"{self.name}: levels have no small common denominator"
+        )
 
 
 @dataclass(frozen=True)

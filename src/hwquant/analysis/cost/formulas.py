@@ -471,9 +471,7 @@ def shift_pe_lane_luts(kind: str, act_bits: int, max_shift: int) -> int:
     if kind not in SHIFT_PE_STRUCTURE:
         raise ValueError(f"unknown shift-PE kind {kind!r}; known: {sorted(SHIFT_PE_STRUCTURE)}")
     shifters, adders = SHIFT_PE_STRUCTURE[kind]
-    return shifters * barrel_shifter_luts(act_bits, max_shift) + adders * (
-        act_bits + max_shift + 1
-    )
+    return shifters * barrel_shifter_luts(act_bits, max_shift) + adders * (act_bits + max_shift + 1)
 
 
 def shift_pe_ratio(kind: str) -> tuple[float, float]:
