@@ -210,14 +210,14 @@ class QuantWeightLayer(QuantLayer):
     def accumulator_scale(self, weight: Tensor | None = None) -> Tensor:
         """The value of one unit of the integer accumulator: s_in·s_w/D (per output
         channel, shaped like the weight scale), D the weight quantizer's
-        ``code_multiplier`` (1 for integer weights; power-of-two / APoT / MSQ codes sit
-        at s_w/D). A bias on the accumulator scale is quantized on it. ``weight``:
+        ``code_multiplier`` (1 for integer weights, none for minifloats; power-of-two /
+        APoT / MSQ codes sit at s_w/D). A bias on the accumulator scale is quantized on it. ``weight``:
         default the (masked) weight."""
         wq = self.weight_quant
         w = self.masked_weight() if weight is None else weight
         s = self.input_quant.scale() * wq.scale_for(w)
-        d = wq.code_multiplier()
-        return s if isinstance(d, int) and d == 1 else s / d
+        d = wq.code_multiplier()  # None (minifloat weights): no integer codes, s_in·s_w
+        return s if d is None or (isinstance(d, int) and d == 1) else s / d
 
     def _bias_on_accumulator_scale(self) -> Tensor:
         s_acc = self.accumulator_scale()
