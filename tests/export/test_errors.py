@@ -47,10 +47,12 @@ def test_unexportable_op_names_module_and_op(export, tmp_path):
 
 
 def test_unexportable_format_names_quantizer(tmp_path):
+    # power-of-two weights export (as their integer codes); power-of-two activations
+    # have no QONNX operator
     pot = QuantSpec(PowerOfTwoFormat(4), PER_TENSOR)
-    model = calibrate(nn.Sequential(QuantLinear(4, 2, spec=LayerSpec(input=A8, weight=pot))), (4,))
+    model = calibrate(nn.Sequential(QuantLinear(4, 2, spec=LayerSpec(input=pot, weight=pot))), (4,))
     for export in (to_qonnx, to_qcdq):
-        with pytest.raises(ValueError, match=r"0\.weight_quant: format POT4"):
+        with pytest.raises(ValueError, match=r"0\.input_quant: POT4 is exported for weights"):
             export(model, torch.randn(2, 4), tmp_path / "m.onnx")
     _nothing_left(tmp_path)
 

@@ -241,8 +241,15 @@ def _nearest(table: dict[type, Any], t: type) -> Any:
 
 
 # ---------------------------------------------------------------- the executor
+#: (x [M, K] int64, q [C, K] int64, bits, mode, bias [C] | None) -> (emulated, exact,
+#: overflowed), the contract of :func:`hwquant.core.accumulator.accumulate`.
+DotKernel = Callable[[Tensor, Tensor, "int | None", str, "Tensor | None"], tuple]
+
+
 class _Executor:
-    def __init__(self, model: nn.Module, bits: Bits, mode: str) -> None:
+    def __init__(
+        self, model: nn.Module, bits: Bits, mode: str, kernel: DotKernel = accumulate
+    ) -> None:
         if mode not in ACCUMULATOR_MODES:
             raise ValueError(
                 f"accumulator mode must be one of {list(ACCUMULATOR_MODES)}, got {mode!r}"
@@ -255,6 +262,7 @@ class _Executor:
         self.dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         self.bits = bits
         self.mode = mode
+        self.dot = kernel
         self.stats: dict[str, LayerStats] = {}
         self.float_ops: list[str] = []
 
@@ -401,7 +409,7 @@ class _Executor:
         self, x: Tensor, q: Tensor, bits: int | None, bias: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         lead = x.shape[:-1]
-        acc, exact, over = accumulate(x.reshape(-1, x.shape[-1]), q, bits, self.mode, bias)
+        acc, exact, over = self.dot(x.reshape(-1, x.shape[-1]), q, bits, self.mode, bias)
         return tuple(t.reshape(*lead, q.shape[0]) for t in (acc, exact, over))  # type: ignore[return-value]
 
     def _conv(
@@ -422,7 +430,7 @@ class _Executor:
         cols = cols.reshape(B, G, -1, L).permute(1, 0, 3, 2).reshape(G, B * L, -1)
         qg = q.reshape(G, C_out // G, -1)
         bg = [None] * G if bias is None else bias.reshape(G, C_out // G)
-        parts = [accumulate(cols[g], qg[g], bits, self.mode, bg[g]) for g in range(G)]
+        parts = [self.dot(cols[g], qg[g], bits, self.mode, bg[g]) for g in range(G)]
         h = (H + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // st[0] + 1
         w = (W + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // st[1] + 1
 
@@ -760,6 +768,8 @@ def run_integer(
     inputs: Tensor | Sequence[Tensor],
     accumulator_bits: Bits = None,
     mode: str = "wrap",
+    *,
+    kernel: DotKernel = accumulate,
 ) -> IntegerRun:
     """Run ``model`` on integer tensors with emulated P-bit accumulators.
 
@@ -770,6 +780,8 @@ def run_integer(
             layers not named use their A2Q target or exact), or None: each A2Q layer
             at its own ``accumulator_bits``, other layers exact (int64).
         mode: ``"wrap"`` (two's complement) or ``"saturate"``.
+        kernel: the integer dot product of the weight layers (default: multiply-
+            accumulate; :func:`hwquant.analysis.shift_exec.shift_accumulate` shifts).
 
     Returns:
         An :class:`IntegerRun`: dequantized outputs (in the model's dtype) and per-layer
@@ -780,7 +792,7 @@ def run_integer(
     was = [(m, m.training) for m in model.modules()]
     model.eval()  # before tracing: dropout and friends are traced in eval mode
     try:
-        ex = _Executor(model, accumulator_bits, mode)
+        ex = _Executor(model, accumulator_bits, mode, kernel)
         with torch.no_grad():
             out = ex.run(xs)
     finally:

@@ -65,11 +65,18 @@ class Grid:
 
 
 def _levels_fn(levels: tuple[float, ...]) -> Callable[[Tensor], Tensor]:
-    lv = torch.tensor(levels, dtype=torch.float32)
-    mids = level_midpoints(lv)
+    # Levels are rounded once, to the input's dtype (float64 models get float64 levels:
+    # 0.3 is not a float32 number), and the midpoints are taken in that dtype.
+    lv64 = torch.tensor(levels, dtype=torch.float64)
+    cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def fn(v: Tensor) -> Tensor:
-        return round_to_levels(v, lv.to(v.device, v.dtype), mids.to(v.device, v.dtype))
+        key = (v.device, v.dtype)
+        if key not in cache:
+            lv = lv64.to(v.device, v.dtype)
+            cache[key] = (lv, level_midpoints(lv))
+        lv, mids = cache[key]
+        return round_to_levels(v, lv, mids)
 
     return fn
 

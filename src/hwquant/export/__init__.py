@@ -14,14 +14,17 @@ Example:
     True
 """
 
+from hwquant.export.levels import LevelCheck, check_levels
 from hwquant.export.qcdq import to_qcdq
 from hwquant.export.qonnx import accumulator_bits, to_qonnx
 from hwquant.export.verify import BackendResult, VerifyReport, verify, with_batch
 
 __all__ = [
     "BackendResult",
+    "LevelCheck",
     "VerifyReport",
     "accumulator_bits",
+    "check_levels",
     "to_qcdq",
     "to_qonnx",
     "verify",

@@ -56,6 +56,7 @@ from hwquant.export.ops import (
     quant_emitter,
 )
 from hwquant.export.ops.base import scalar
+from hwquant.nn.codes import integer_codes
 from hwquant.nn.kinds import is_quantized, kind_of
 from hwquant.nn.layer import QuantWeightLayer
 from hwquant.nn.pool import QuantAvgPool2d
@@ -104,21 +105,22 @@ def _expand_groups(s: Tensor, spec: QuantSpec, shape: tuple[int, ...]) -> Tensor
 def _params(q: Quantizer, path: str, tensor: Tensor | None) -> QuantParams:
     """The quantizer's constants; ``tensor`` is the weight a dynamic quantizer sees."""
     with torch.no_grad():
-        if q.dynamic:
-            if tensor is None:
-                raise ValueError(
-                    f"{path}: dynamic quantizer of a tensor export cannot see (only weights and "
-                    "biases of hwquant layers may use statistics scales)"
-                )
+        if tensor is not None:  # a weight / bias: its quantizer's view of this tensor
             s, z = q.scale_zero_for(tensor)
+        elif q.dynamic:
+            raise ValueError(
+                f"{path}: dynamic quantizer of a tensor export cannot see (only weights and "
+                "biases of hwquant layers may use statistics scales)"
+            )
         else:
             s, z = q.scale(), q.zero_point()
         s = s.detach().float().clone()
         z = None if z is None else z.detach().float().clone()
+        ints = None if tensor is None else integer_codes(q, tensor)
     if q.spec.granularity.kind == "group":
         s = _expand_groups(s, q.spec, q.shape)
         z = None if z is None else _expand_groups(z, q.spec, q.shape)
-    return QuantParams(path, q.spec, s, z)
+    return QuantParams(path, q.spec, s, z, ints)
 
 
 def check_ready(q: Quantizer, path: str) -> None:
@@ -139,7 +141,7 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
 
     Yields {module path: QuantParams} of every emitting quantizer. Disabled
     quantizers stay identities. Raises ``ValueError`` naming the module path for
-    what QONNX cannot express (power-of-two / APoT / MSQ codes, stochastic
+    what QONNX cannot express (power-of-two / APoT / MSQ activations, stochastic
     rounding) and for quantizers without a scale yet."""
     saved: list[tuple[nn.Module, str, object]] = []
     params: dict[str, QuantParams] = {}
@@ -199,7 +201,7 @@ def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: 
         _emit_quantizer(bq, pre + "bias_quant", layer.bias, saved, params)
     elif isinstance(bq, BiasQuantizer) and bq.state != "float":
         with torch.no_grad():
-            s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
+            s_acc = layer.accumulator_scale(layer.weight)  # s_in·s_w (/D for PoT codes)
             bias = layer.accumulator_bias(s_acc).detach()  # A2Q: clipped to fit P bits
         p = QuantParams(pre + "bias_quant", bq.spec, s_acc.detach().reshape(-1).clone(), None)
         fn = _emitter_for(p)

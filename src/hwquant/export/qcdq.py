@@ -45,7 +45,8 @@ then each QONNX node is lowered by its op module in :mod:`hwquant.export.ops`
 What QCDQ cannot express raises ``ValueError`` naming the module path:
 bipolar / 1-bit quantizers, minifloats other than FP8, 9–15-bit activations,
 rounding other than half-to-even (QuantizeLinear's only mode); power-of-two /
-APoT / MSQ codes fail already in the QONNX step.
+APoT / MSQ activations fail already in the QONNX step (their weights are integer
+``Quant`` nodes on the codes, lowered like any other constant).
 
 >>> import tempfile, torch
 >>> from hwquant.nn import QuantReLU

@@ -468,15 +468,17 @@ def a2q_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, A2QWeightQuan
 
 @torch.no_grad()
 def accumulator_bias_codes(layer: nn.Module) -> Tensor | None:
-    """The integer bias codes b = round(b̂/(s_in·s_w)) (int64 [C]) of a layer whose bias
-    is quantized on the accumulator scale (an enabled :class:`BiasQuantizer`), b̂ the
-    layer's own ``quant_bias()`` (clipped for A2Q layers); None without such a bias."""
+    """The integer bias codes b = round(b̂/s_acc) (int64 [C]) of a layer whose bias is
+    quantized on the accumulator scale s_acc = s_in·s_w/D (an enabled
+    :class:`BiasQuantizer`, ``layer.accumulator_scale()``; D = 1 for integer weights),
+    b̂ the layer's own ``quant_bias()`` (clipped for A2Q layers); None without such a
+    bias."""
     bq = getattr(layer, "bias_quant", None)
     if getattr(layer, "bias", None) is None or not isinstance(bq, BiasQuantizer):
         return None
     if bq._forward != bq._forward_quant:
         return None
-    s_acc = layer.input_quant.scale() * layer.weight_quant.scale_for(layer.weight)
+    s_acc = layer.accumulator_scale(layer.weight)
     b = layer.quant_bias().detach().double()
     return torch.round(b / s_acc.detach().double().reshape(-1)).long()
 

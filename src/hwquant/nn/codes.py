@@ -47,6 +47,7 @@ __all__ = [
     "accumulator_range",
     "bias_in_accumulator",
     "input_code_range",
+    "integer_codes",
     "range_bits",
     "weight_code_rows",
     "weight_codes",
@@ -64,20 +65,44 @@ def accumulating_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, Laye
 
 def weight_codes(layer: nn.Module) -> QuantCodes | None:
     """The layer's weight as int64 codes in the weight's layout with their scale
-    (:meth:`Quantizer.codes`), or None when the weights are not on a symmetric grid of
-    integer codes (float, minifloat, power-of-two, asymmetric) or the quantizer is
-    disabled."""
+    (:meth:`Quantizer.codes`), or None when the weights are not on a symmetric grid
+    with integer codes (float, minifloat, asymmetric) or the quantizer is disabled.
+
+    Level formats (power-of-two, APoT, MSQ) have integer codes m = L·D at scale s/D,
+    D the quantizer's :meth:`~Quantizer.code_multiplier` (4-bit PoT: m = ±2^k, k ≤ 7).
+
+    >>> import torch
+    >>> from hwquant.nn import QuantLinear
+    >>> from hwquant.spec import LayerSpec, PoTWeight, PowerOfTwoFormat
+    >>> layer = QuantLinear(3, 1, bias=False, spec=LayerSpec(weight=PoTWeight(PowerOfTwoFormat(3))))
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.copy_(torch.tensor([[1.0, -0.3, 0.1]]))
+    >>> layer.reset_weight_scale()
+    >>> c = weight_codes(layer)
+    >>> c.codes.tolist(), c.scale.flatten().tolist()
+    ([[8, -2, 1]], [0.125])
+    """
     wq = getattr(layer, "weight_quant", None)
     if not isinstance(wq, Quantizer):
         return None
-    spec = wq.spec
-    if not spec.format.integer_codes or spec.zero_point != "symmetric":
+    return integer_codes(wq, layer.weight)
+
+
+def integer_codes(q: Quantizer, x: Tensor) -> QuantCodes | None:
+    """``x`` as quantizer ``q`` quantizes it now, as int64 integer codes m in x's
+    layout with the scale of one code (s/D, D the quantizer's ``code_multiplier``), or
+    None for grids without integer codes (minifloat), asymmetric zero points and
+    quantizers without codes (disabled, calibrating, uninitialized)."""
+    d = q.code_multiplier()
+    if d is None or q.spec.zero_point != "symmetric":
         return None
     try:
-        c = wq.codes(layer.weight)
+        c = q.codes(x)
     except ValueError:  # disabled / uninitialized: no codes
         return None
-    return QuantCodes(c.codes.long(), c.scale, None)
+    if isinstance(d, int) and d == 1:
+        return QuantCodes(c.codes.long(), c.scale, None)
+    return QuantCodes(torch.round(c.codes * d).long(), c.scale / d, None)
 
 
 def weight_code_rows(layer: nn.Module) -> Tensor | None:

@@ -21,6 +21,7 @@ none creates the mask.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -28,11 +29,42 @@ from torch import Tensor, nn
 
 from hwquant.nn.a2q import A2QWeightQuantizer
 from hwquant.nn.kinds import kind_of
+from hwquant.nn.pot import PoTWeightQuantizer
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
 from hwquant.spec.a2q import A2Q
 from hwquant.spec.layer_spec import LayerSpec
+from hwquant.spec.pot import PoTWeight
+from hwquant.spec.quant_spec import QuantSpec
 
-__all__ = ["QuantLayer", "QuantWeightLayer", "activation_quantizer"]
+__all__ = [
+    "WEIGHT_QUANTIZERS",
+    "QuantLayer",
+    "QuantWeightLayer",
+    "activation_quantizer",
+    "weight_quantizer",
+]
+
+
+def _plain_weight_quantizer(layer: nn.Module, spec: QuantSpec) -> Quantizer:
+    return Quantizer.for_weight(spec, layer.weight)
+
+
+#: weight spec type → builder ``(layer, spec) -> quantizer`` (the nearest registered
+#: base class of the spec's type wins): A2Q needs the layer's input format, PoTWeight
+#: normalizes rows and mixes level sets, every other QuantSpec is a plain Quantizer.
+WEIGHT_QUANTIZERS: dict[type, Callable[[nn.Module, QuantSpec], Quantizer]] = {
+    QuantSpec: _plain_weight_quantizer,
+    A2Q: A2QWeightQuantizer.for_layer,
+    PoTWeight: PoTWeightQuantizer.for_layer,
+}
+
+
+def weight_quantizer(layer: nn.Module, spec: QuantSpec) -> Quantizer:
+    """The quantizer of ``layer.weight`` for ``spec`` (:data:`WEIGHT_QUANTIZERS`)."""
+    for t in type(spec).__mro__:
+        if t in WEIGHT_QUANTIZERS:
+            return WEIGHT_QUANTIZERS[t](layer, spec)
+    raise ValueError(f"no weight quantizer for {spec!r}: it is not a QuantSpec")
 
 
 def activation_quantizer(spec, name: str = "") -> nn.Module:
@@ -82,12 +114,7 @@ class QuantWeightLayer(QuantLayer):
         self._setup_io(spec)
         self.register_buffer(MASK, None)  # a tensor once pruned; None is not saved
         wspec = weight_spec or spec.weight
-        if isinstance(wspec, A2Q):  # accumulator-aware: needs the layer's input format
-            self.weight_quant = A2QWeightQuantizer.for_layer(self, wspec)
-        else:
-            self.weight_quant = (
-                nn.Identity() if wspec is None else Quantizer.for_weight(wspec, self.weight)
-            )
+        self.weight_quant = nn.Identity() if wspec is None else weight_quantizer(self, wspec)
         self._setup_bias()
 
     def _has_bias(self) -> bool:
@@ -180,8 +207,20 @@ class QuantWeightLayer(QuantLayer):
             return self.weight_quant.clip_bias(self.bias, s_acc, self.weight)
         return self.bias
 
+    def accumulator_scale(self, weight: Tensor | None = None) -> Tensor:
+        """The value of one unit of the integer accumulator: s_in·s_w/D (per output
+        channel, shaped like the weight scale), D the weight quantizer's
+        ``code_multiplier`` (1 for integer weights, none for minifloats; power-of-two /
+        APoT / MSQ codes sit at s_w/D). A bias on the accumulator scale is quantized on it. ``weight``:
+        default the (masked) weight."""
+        wq = self.weight_quant
+        w = self.masked_weight() if weight is None else weight
+        s = self.input_quant.scale() * wq.scale_for(w)
+        d = wq.code_multiplier()  # None (minifloat weights): no integer codes, s_in·s_w
+        return s if d is None or (isinstance(d, int) and d == 1) else s / d
+
     def _bias_on_accumulator_scale(self) -> Tensor:
-        s_acc = self.input_quant.scale() * self.weight_quant.scale_for(self.masked_weight())
+        s_acc = self.accumulator_scale()
         return self.bias_quant(self.accumulator_bias(s_acc), s_acc)
 
     @torch.no_grad()

@@ -102,6 +102,12 @@ class Quantizer(nn.Module):
             raise ValueError(f"Quantizer.spec must be a QuantSpec, got {spec!r}")
         if spec.scale.method == "accumulator":
             raise ValueError("scale method 'accumulator' is for biases: use BiasQuantizer")
+        if getattr(spec, "weight_only", False) and type(self) is Quantizer:
+            raise ValueError(
+                f"{type(spec).__name__} ({spec.describe()}) quantizes weights only: it cannot "
+                f"quantize an activation or a bias{f' ({name})' if name else ''}; use it as "
+                "LayerSpec.weight"
+            )
         if not spec.granularity.per_tensor and shape is None:
             raise ValueError(f"a {spec.granularity} quantizer needs the tensor shape (shape=...)")
         self.spec = spec
@@ -210,6 +216,12 @@ class Quantizer(nn.Module):
                 s = s.expand(self._group_view).reshape(x.shape)
                 z = None if z is None else z.expand(self._group_view).reshape(x.shape)
         return QuantCodes(c, s, z)
+
+    def code_multiplier(self) -> Tensor | int | None:
+        """D with codes·D integers (the integer codes are codes·D at scale s/D): the
+        format's :attr:`~hwquant.spec.formats.Format.code_multiplier` (1 for integer
+        grids, None for minifloats); a tensor shaped like the scale where rows differ."""
+        return self.spec.format.code_multiplier
 
     def scale(self) -> Tensor:
         """The current scale, shaped to broadcast against the tensor (learned scales

@@ -109,6 +109,20 @@ class Format:
             raise ValueError(f"{self.name} has no integer codes (its grid is not integers)")
         return int(self.min_value), int(self.max_value)
 
+    @property
+    def code_multiplier(self) -> int | None:
+        """D such that every grid value times D is an integer (the integer codes of a
+        tensor are then grid·D at scale s/D): 1 for integer grids, 2^(-e_min) for
+        power-of-two codes, the common denominator of APoT / MSQ levels; None for
+        grids without one (minifloats).
+
+        >>> IntFormat(4).code_multiplier, PowerOfTwoFormat(4).code_multiplier
+        (1, 128)
+        >>> APoTFormat(4).code_multiplier, MSQFormat(4).code_multiplier
+        (10, 8)
+        """
+        return 1 if self.integer_codes else None
+
     def canonical(self) -> Format:
         """The format registries dispatch on: the same grid, stated the one way
         (a 1-bit signed IntFormat is BipolarFormat)."""
@@ -466,6 +480,10 @@ class PowerOfTwoFormat(Format):
         return tuple([-m for m in reversed(mags)] + zero + mags)
 
     @property
+    def code_multiplier(self) -> int:
+        return 2 ** (-self.min_exponent)
+
+    @property
     def name(self) -> str:
         return f"POT{self.bits}{'z' if self.has_zero else ''}"
 
@@ -500,6 +518,18 @@ class _LevelFormat(Format):
     def levels(self) -> tuple[float, ...]:
         mags = self.magnitudes()
         return tuple([-m for m in reversed(mags) if m > 0] + list(mags))
+
+    @property
+    def code_multiplier(self) -> int:
+        # magnitudes are integers over their smallest non-zero one (sums of powers of
+        # two, normalized); the smallest D that makes them all integers
+        mags = [m for m in self.magnitudes() if m > 0]
+        for d in range(1, 1 << 16):
+            if all(abs(m * d - round(m * d)) < 1e-9 for m in mags):
+                return d
+        raise ValueError(  # pragma: no cover - every level set here has one
+            f"{self.name}: levels have no small common denominator"
+        )
 
 
 @dataclass(frozen=True)

@@ -223,16 +223,26 @@ def _minifloat_cost(rec: LayerRecord, lc: LayerCost) -> None:
 
 
 def _shift_pe(rec: LayerRecord, lc: LayerCost) -> None:
-    kind = _SHIFT_KINDS.get(type(rec.weight_format))
+    """The layer on a shift-PE accelerator (PoTAcc): its multiplier-design LUT / DSP
+    estimate times the measured PYNQ-Z2 ratios (the calibration), with the structure
+    of one lane — one shifter (PoT), two shifts and an add (APoT, MSQ) — and its LUTs
+    beside a LUT multiplier's for the same operands."""
+    fmt = rec.weight_format
+    kind = _SHIFT_KINDS.get(type(fmt))
     if kind is None:
         return
     r_lut, r_dsp = F.shift_pe_ratio(kind)
+    shifters, adders = F.SHIFT_PE_STRUCTURE[kind]
+    max_shift = int(fmt.code_multiplier).bit_length() - 1  # largest term 2^max_shift
     lc.shift_pe = {
         "kind": kind,
         "luts": round(lc.luts * r_lut),
         "dsps": round(lc.dsps * r_dsp),
         "lut_ratio": r_lut,
         "dsp_ratio": r_dsp,
+        "structure": f"{shifters} shifter(s), {adders} adder(s) per MAC lane",
+        "lane_luts": F.shift_pe_lane_luts(kind, lc.input_bits, max_shift),
+        "multiplier_lane_luts": F.finn_lut_multiplier(integer_weight_bits(fmt), lc.input_bits),
     }
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "MINIFLOAT_MAC_MEASURED",
     "SHIFT_PE_MEASURED",
     "LutBreakdown",
+    "barrel_shifter_luts",
     "bops",
     "bram18_count",
     "calibrated_minifloat_cost",
@@ -42,6 +43,7 @@ __all__ = [
     "mvau_cycles",
     "mvau_lut_breakdown",
     "phi",
+    "shift_pe_lane_luts",
     "shift_pe_ratio",
     "threshold_bram18",
     "weight_bound_bits",
@@ -438,6 +440,38 @@ SHIFT_PE_MEASURED: dict[str, tuple[int, int]] = {
     "msq": (26795, 32),
     "apot": (28508, 32),
 }
+
+
+#: what one shift-based PE lane computes instead of a multiply (PoTAcc): (barrel
+#: shifters, adders) — PoT one shifter (the sign folds into the accumulator's
+#: add / subtract), APoT and MSQ two shifters and an adder (two power-of-two terms).
+SHIFT_PE_STRUCTURE: dict[str, tuple[int, int]] = {"pot": (1, 0), "apot": (2, 1), "msq": (2, 1)}
+
+
+def barrel_shifter_luts(in_bits: int, max_shift: int) -> int:
+    """LUTs of a left shifter of an ``in_bits`` operand by 0..``max_shift``: output
+    width in_bits + max_shift, ⌈log2(max_shift + 1)⌉ 2:1 mux stages, two stages per
+    LUT6 (a 4:1 mux): (in_bits + max_shift)·⌈stages / 2⌉.
+
+    >>> barrel_shifter_luts(8, 7), barrel_shifter_luts(8, 3)
+    (30, 11)
+    """
+    stages = math.ceil(math.log2(max_shift + 1)) if max_shift > 0 else 0
+    return (in_bits + max_shift) * math.ceil(stages / 2)
+
+
+def shift_pe_lane_luts(kind: str, act_bits: int, max_shift: int) -> int:
+    """LUTs of one shift PE lane (:data:`SHIFT_PE_STRUCTURE`): shifters of the
+    ``act_bits`` activation by up to ``max_shift`` and the adder of their two terms
+    (width + 1 carry bit). Compare :func:`finn_lut_multiplier` for a LUT multiplier.
+
+    >>> shift_pe_lane_luts("pot", 8, 7), shift_pe_lane_luts("apot", 8, 3)
+    (30, 34)
+    """
+    if kind not in SHIFT_PE_STRUCTURE:
+        raise ValueError(f"unknown shift-PE kind {kind!r}; known: {sorted(SHIFT_PE_STRUCTURE)}")
+    shifters, adders = SHIFT_PE_STRUCTURE[kind]
+    return shifters * barrel_shifter_luts(act_bits, max_shift) + adders * (act_bits + max_shift + 1)
 
 
 def shift_pe_ratio(kind: str) -> tuple[float, float]:

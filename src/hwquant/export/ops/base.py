@@ -11,13 +11,14 @@ level (``import hwquant`` must stay light).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from hwquant.nn.quantizer import QuantCodes
 from hwquant.spec.formats import Format, FormatRegistry, IntFormat
 from hwquant.spec.quant_spec import QuantSpec
 
@@ -64,12 +65,30 @@ class QuantParams:
     """Constant parameters of one quantizer, ready to become initializers.
 
     ``scale`` / ``zero_point`` broadcast against the quantized tensor (per-group
-    scales are expanded to the tensor's own rank)."""
+    scales are expanded to the tensor's own rank). ``integer`` (weights and biases,
+    None for activations): the constant tensor's integer codes and the scale of one
+    code (NumPy int64 / float64 arrays), as the quantizer computed them before tracing
+    — what level formats (power-of-two, APoT, MSQ) export, since no QONNX op rounds
+    onto their levels."""
 
     path: str
     spec: QuantSpec
     scale: Tensor
     zero_point: Tensor | None
+    integer: QuantCodes | None = None
+    #: D = scale / integer scale (the levels times D are the codes), per row; NumPy
+    integer_multiplier: np.ndarray | None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # As NumPy arrays, made now: while torch.export traces, an emitter sees every
+        # tensor as a fake one and cannot read its values.
+        ic = self.integer
+        if ic is not None and isinstance(ic.codes, Tensor):
+            codes = ic.codes.detach().cpu().numpy().astype(np.int64)
+            scale = ic.scale.detach().cpu().double().numpy()
+            object.__setattr__(self, "integer", QuantCodes(codes, scale, None))
+            d = self.scale.detach().cpu().double().numpy() / scale
+            object.__setattr__(self, "integer_multiplier", d)
 
 
 Emitter = Callable[[Tensor, QuantParams], Tensor]

@@ -3,7 +3,8 @@
 y = (R(clamp(x/s + z, q_min, q_max)) − z)·s, R the ``rounding_mode``; signed:
 [−2^(b−1) + narrow, 2^(b−1) − 1], unsigned: [0, 2^b − 1 − narrow]. The same
 formula as :func:`hwquant.core.grid.fake_quantize`. ``IntQuant`` is another name
-of the same op. Written for ``IntFormat`` / ``TernaryFormat`` quantizers.
+of the same op. Written for ``IntFormat`` / ``TernaryFormat`` quantizers, and for
+power-of-two / APoT / MSQ weights as their integer codes (:func:`emit_levels`).
 
 QCDQ form: 2–8 bits → QuantizeLinear → Clip(q_min, q_max) → DequantizeLinear in an
 int8 / uint8 container (Clip left out when the range is the container's); a
@@ -22,10 +23,12 @@ its int32 codes → DequantizeLinear.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from hwquant.core.rounding import QONNX_NAMES
@@ -37,15 +40,24 @@ from hwquant.export.ops.base import (
     attr,
     int_range,
     meta,
+    quant_emitter,
     read_int_format,
     register,
     scalar,
     symbolic,
 )
 from hwquant.export.ops.lowering import Lowering, qparams
-from hwquant.spec.formats import Format, IntFormat, TernaryFormat
+from hwquant.spec.formats import (
+    APoTFormat,
+    Format,
+    IntFormat,
+    MSQFormat,
+    PowerOfTwoFormat,
+    TernaryFormat,
+    parse_format,
+)
 
-__all__ = ["QUANT", "ROUNDING", "QuantOp"]
+__all__ = ["LEVELS_KEY", "QUANT", "ROUNDING", "QuantOp", "emit_levels"]
 
 #: QONNX ``rounding_mode`` → NumPy rounding of an array.
 ROUNDING = {
@@ -99,9 +111,17 @@ class QuantOp(OnnxOp):
         return Step(s * 2 if int(bits) == 1 and signed else s)
 
     def read_format(self, node: Any, graph: GraphView) -> Format | None:
+        """The integer format, or the level format a ``hwquant.levels`` node names."""
+        scheme = _levels_scheme(node)
+        if scheme is not None:
+            return parse_format(scheme["format"])
         return read_int_format(node, graph, 3)
 
     def weight_codes(self, node: Any, graph: GraphView, fmt: Format) -> np.ndarray | None:
+        """Integer codes of a constant (for level formats the codes m = level·D)."""
+        if _levels_scheme(node) is not None:
+            x, s = graph.const(node.input[0]), graph.const(node.input[1])
+            return None if x is None or s is None else np.round(x / s)
         if not fmt.integer_codes:
             return None
         x = graph.const(node.input[0])
@@ -244,9 +264,13 @@ def _codes_dq(
 
     x = ctx.inits[n.input[0]].astype(np.float32)
     codes = np.round(np.clip(x / s + z, *q_range)).astype(np.int64)
-    src = ctx.add(f"{n.name}_codes", codes, T.INT32)
+    # int16 where the codes fit (9-bit power-of-two weights): onnxruntime's optimizer
+    # fuses an int32 weight DequantizeLinear into QGemm / QLinearConv, which reject it
+    wide = max(abs(q_range[0]), abs(q_range[1])) >= 2**15 or np.any(z_q != 0)
+    dtype = T.INT32 if wide else T.INT16
+    src = ctx.add(f"{n.name}_codes", codes, dtype)
     scale = ctx.add(f"{n.name}_scale", s_q)
-    zp = ctx.add(f"{n.name}_zp", np.broadcast_to(z_q, s_q.shape).astype(np.int64), T.INT32)
+    zp = ctx.add(f"{n.name}_zp", np.broadcast_to(z_q, s_q.shape).astype(np.int64), dtype)
     node = helper.make_node(
         "DequantizeLinear", [src, scale, zp], [n.output[0]], name=ctx.name(n.name), **attrs
     )
@@ -254,3 +278,56 @@ def _codes_dq(
 
 
 QUANT = register(QuantOp())
+
+#: node metadata key of a level-format weight: JSON naming the scheme, its integer
+#: magnitudes and the per-row code multiplier (:func:`emit_levels`).
+LEVELS_KEY = "hwquant.levels"
+
+
+def _levels_scheme(node: Any) -> dict | None:
+    for p in getattr(node, "metadata_props", ()):
+        if p.key == LEVELS_KEY:
+            return json.loads(p.value)
+    return None
+
+
+@quant_emitter(PowerOfTwoFormat, APoTFormat, MSQFormat)
+def emit_levels(x: Tensor, p: QuantParams) -> Tensor:
+    """A power-of-two / APoT / MSQ weight as an exact integer ``Quant``.
+
+    No QONNX op rounds onto these levels (FloatQuant with mantissa 0 rounds a value
+    between 2^e and 2^(e+1) at the linear midpoint 1.5·2^e, PoT at 2^(e+1/2): only
+    tensors already on the levels pass through it unchanged). So the weight is written
+    as its levels: the constant m·s' (m = L·D the integer codes the quantizer computed,
+    s' = s/D the scale of one code, per row) followed by ``Quant(·, s', 0, B)``,
+    signed, narrow, B = bits of max D + 1 (4-bit PoT: 9, APoT / MSQ: 5) — every level
+    is one of its codes, and since m·s'/s' rounds back to m the node is exact in qonnx,
+    onnxruntime (QCDQ) and any reader. The node's ``hwquant.levels`` metadata names the
+    scheme (:func:`hwquant.export.levels.check_levels` checks every code is a level).
+    Activations have no constant codes: ``ValueError``."""
+    fmt = p.spec.format
+    if p.integer is None:
+        raise ValueError(
+            f"{p.path}: {fmt.name} is exported for weights (constant tensors) only: QONNX has "
+            "no operator rounding an activation onto power-of-two / APoT / MSQ levels; use an "
+            "integer or minifloat format for activations"
+        )
+    m, s64 = p.integer.codes, p.integer.scale  # NumPy, computed before tracing
+    s = s64.astype(np.float32)
+    d = np.round(p.integer_multiplier).astype(np.int64)  # D per row (MSQ rows may differ)
+    bits = int(d.max()).bit_length() + 1
+    w = (m * s).astype(np.float32)  # on the levels: Quant(w, s) gives back exactly m·s
+    mags = sorted({round(v * fmt.code_multiplier) for v in fmt.levels() if v >= 0})
+    scheme = {
+        "scheme": fmt.kind,
+        "format": fmt.name,
+        "bits": fmt.bits,
+        "code_multiplier": fmt.code_multiplier,
+        "magnitudes": mags,
+        "row_multipliers": d.reshape(-1).tolist() if d.ndim == 0 or d.size == d.shape[0] else None,
+        "describe": p.spec.describe(),
+    }
+    attrs = {"signed": 1, "narrow": 1, "rounding_mode": "ROUND"}
+    node_meta = {**meta(p), LEVELS_KEY: json.dumps(scheme)}
+    inputs = (torch.from_numpy(w), torch.from_numpy(s), scalar(0.0), scalar(bits))
+    return symbolic("Quant", inputs, attrs, x, node_meta)
