@@ -69,6 +69,21 @@ class QuantCodes(NamedTuple):
     zero_point: Tensor | None
 
 
+class StaticStep:
+    """x ↦ fake_quantize(x, s, z) with the scale read once (``static``: itself, so a
+    caller may combine several, e.g. the two directions of a recurrent layer)."""
+
+    def __init__(self, s: Tensor, z: Tensor | None, grid) -> None:
+        self.s, self.z, self.grid = s, z, grid
+
+    @property
+    def static(self) -> StaticStep:
+        return self
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return fake_quantize(x, self.s, self.z, self.grid)
+
+
 class ClippingWarning(UserWarning):
     """An unsigned quantizer's input is largely negative: those values all become 0.
 
@@ -395,8 +410,7 @@ class Quantizer(nn.Module):
         through its state. Gradients reach a learned scale through every call."""
         if self._forward != self._forward_static or self._grouped:
             return self
-        s, z, grid = self.scale(), self.zero_point(), self.grid
-        return lambda x: fake_quantize(x, s, z, grid)
+        return StaticStep(self.scale(), self.zero_point(), self.grid)
 
     def quantize(self, x: Tensor, s: Tensor, z: Tensor | None) -> Tensor:
         """Fake-quantize x with scale s and zero point z (handles grouped views)."""

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from hwquant.core.grid import fake_quantize
 from hwquant.nn.a2q import A2QWeightQuantizer, a2q_input_format
 from hwquant.nn.kinds import layer_kind
 from hwquant.nn.layer import activation_quantizer
@@ -105,7 +106,7 @@ class HiddenProjection:
         self.weight, self.bias = weight, bias
 
     def __call__(self, h: Tensor) -> Tensor:
-        y = h @ self.weight.t()  # MatMul (+ Add): no Gemm for onnxruntime to re-fuse
+        y = h @ self.weight.transpose(-1, -2)  # MatMul (+ Add): no Gemm to re-fuse
         return y if self.bias is None else y + self.bias
 
 
@@ -414,6 +415,21 @@ class QuantRecurrent(nn.Module):
         D = 2 if self.bidirectional else 1
         for layer in range(self.num_layers):
             xq = self.input_quant[layer](x)
+            if D == 2 and mask is None:
+                init = [[s[layer * 2 + d] for s in states] for d in (0, 1)]
+                if given:
+                    init = [
+                        self._quantized_init(layer, sfx, v)
+                        for sfx, v in zip(("", "_reverse"), init, strict=True)
+                    ]
+                fused = self._both_directions(layer, xq, init)
+                if fused is not None:
+                    x, lasts = fused
+                    for f, v in zip(finals, lasts, strict=True):
+                        f.extend(v)
+                    if self.dropout and self.training and layer < self.num_layers - 1:
+                        x = F.dropout(x, self.dropout, True)
+                    continue
             outs = []
             for d, sfx in enumerate(self.suffixes()):
                 i = layer * D + d
@@ -451,6 +467,35 @@ class QuantRecurrent(nn.Module):
         """A caller's initial h (and c) on the hidden (and cell) grid."""
         q = self.directions[f"l{layer}{sfx}"]
         return [q.hidden_quant(init[0]), *(q.cell_quant(c) for c in init[1:])]
+
+    def _both_directions(
+        self, layer: int, xq: Tensor, init: list[list[Tensor]]
+    ) -> tuple[Tensor, list[list[Tensor]]] | None:
+        """Both directions of a bidirectional layer in one time loop, each step one
+        batched op for the two (the reverse direction reads its projections backwards):
+        the same arithmetic as two :meth:`recurrence` calls with half the per-step
+        calls. None when a quantizer is not static (calibrating, disabled one-sided,
+        exporting: then the directions run one by one)."""
+        qs = [self.directions[f"l{layer}{sfx}"] for sfx in ("", "_reverse")]
+        f = _stacked_steps(qs[0].step_quant(), qs[1].step_quant())
+        if f is None:  # e.g. exporting: each direction becomes its own loop node
+            return None
+        axs, hhs = [], []
+        for sfx, q in zip(("", "_reverse"), qs, strict=True):
+            p = self.params(layer, sfx)
+            w_ih, w_hh = q.weights(p["w_ih"], p["w_hh"])
+            s_x = self._scale(self.input_quant[layer])
+            b_ih = q.bias("ih", p["b_ih"], s_x, p["w_ih"])
+            b_hh = q.bias("hh", p["b_hh"], self._scale(q.hidden_quant), p["w_hh"])
+            axs.append(F.linear(xq, w_ih, b_ih))
+            hhs.append((w_hh, b_hh))
+        ax = torch.stack((axs[0], axs[1].flip(0)), 1)  # [T, 2, B, G·H]
+        w = torch.stack((hhs[0][0], hhs[1][0]))  # [2, G·H, H]
+        b = None if hhs[0][1] is None else torch.stack((hhs[0][1], hhs[1][1])).unsqueeze(1)
+        state = [torch.stack(v) for v in zip(*init, strict=True)]  # [2, B, H] each
+        out, last = self.recurrence(ax, HiddenProjection(w, b), f, state)
+        y = torch.cat((out[:, 0], out[:, 1].flip(0)), -1)  # [T, B, 2H]
+        return y, [[v[0], v[1]] for v in last]
 
     def recurrence(
         self,
@@ -494,6 +539,29 @@ class QuantRecurrent(nn.Module):
         raise NotImplementedError  # pragma: no cover - each cell type defines it
 
 
+def _stacked_steps(a: StepQuant, b: StepQuant) -> StepQuant | None:
+    """The two directions' step quantizers as one acting on [2, ...] tensors (each
+    direction its own scale), or None unless each pair is two static quantizers on
+    the same grid or two identities."""
+    out = []
+    for fa, fb in zip(a, b, strict=True):
+        sa, sb = getattr(fa, "static", None), getattr(fb, "static", None)
+        if isinstance(fa, nn.Identity) and isinstance(fb, nn.Identity):
+            out.append(fa)
+        elif (
+            sa is not None
+            and sb is not None
+            and sa.grid == sb.grid
+            and sa.z is None
+            and sb.z is None
+        ):
+            s = torch.stack((sa.s.reshape(()), sb.s.reshape(()))).reshape(2, 1, 1)
+            out.append(lambda x, s=s, g=sa.grid: fake_quantize(x, s, None, g))
+        else:
+            return None
+    return StepQuant(*out)
+
+
 def _init(self: QuantRecurrent, base: type, args, spec: LayerSpec, kwargs) -> None:
     base.__init__(self, *args, **kwargs)
     self._setup_quant(spec)
@@ -515,10 +583,10 @@ class QuantLSTM(QuantRecurrent, nn.LSTM):
         h, c = state
         H = self.hidden_size
         p = q.gate(ax + hh(h))  # [B, 4H]: i, f, g, o
-        s = q.sigmoid(torch.sigmoid(torch.cat((p[:, : 2 * H], p[:, 3 * H :]), 1)))
-        g = q.tanh(torch.tanh(p[:, 2 * H : 3 * H]))
-        c = q.cell(s[:, H : 2 * H] * c + s[:, :H] * g)
-        h = q.hidden(s[:, 2 * H :] * q.tanh(torch.tanh(c)))
+        s = q.sigmoid(torch.sigmoid(torch.cat((p[..., : 2 * H], p[..., 3 * H :]), -1)))
+        g = q.tanh(torch.tanh(p[..., 2 * H : 3 * H]))
+        c = q.cell(s[..., H : 2 * H] * c + s[..., :H] * g)
+        h = q.hidden(s[..., 2 * H :] * q.tanh(torch.tanh(c)))
         return [h, c]
 
 
@@ -537,9 +605,9 @@ class QuantGRU(QuantRecurrent, nn.GRU):
         (h,) = state
         H = self.hidden_size
         ah = hh(h)  # [B, 3H]: r, z, n
-        rz = q.sigmoid(torch.sigmoid(q.gate(ax[:, : 2 * H] + ah[:, : 2 * H])))
-        r, z = rz[:, :H], rz[:, H:]
-        n = q.tanh(torch.tanh(q.gate(ax[:, 2 * H :] + r * ah[:, 2 * H :])))
+        rz = q.sigmoid(torch.sigmoid(q.gate(ax[..., : 2 * H] + ah[..., : 2 * H])))
+        r, z = rz[..., :H], rz[..., H:]
+        n = q.tanh(torch.tanh(q.gate(ax[..., 2 * H :] + r * ah[..., 2 * H :])))
         return [q.hidden(n + z * (h - n))]
 
 
