@@ -244,3 +244,20 @@ def test_calibration_sees_every_time_step_and_dropout_acts_between_layers():
     assert not torch.equal(y1, y2)  # dropout between the layers in training
     q.eval()
     assert torch.equal(q(x)[0], q(x)[0])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_both_directions_in_one_loop_equal_one_by_one(packed, monkeypatch):
+    import hwquant.nn.recurrent as recurrent
+
+    torch.manual_seed(8)
+    q = QuantLSTM(3, 5, num_layers=2, bidirectional=True, spec=W4A4)
+    x = torch.randn(7, 4, 3)
+    q(x)
+    inp = pack_padded_sequence(x, torch.tensor([3, 7, 1, 5]), enforce_sorted=False) if packed else x
+    y1, (h1, c1) = q(inp)
+    monkeypatch.setattr(recurrent, "_stacked_steps", lambda a, b: None)  # one by one
+    y2, (h2, c2) = q(inp)
+    y1, y2 = (y.data if packed else y for y in (y1, y2))
+    assert torch.allclose(y1, y2, atol=1e-6) and torch.allclose(h1, h2, atol=1e-6)
+    assert torch.allclose(c1, c2, atol=1e-6)

@@ -415,14 +415,14 @@ class QuantRecurrent(nn.Module):
         D = 2 if self.bidirectional else 1
         for layer in range(self.num_layers):
             xq = self.input_quant[layer](x)
-            if D == 2 and mask is None:
+            if D == 2:
                 init = [[s[layer * 2 + d] for s in states] for d in (0, 1)]
                 if given:
                     init = [
                         self._quantized_init(layer, sfx, v)
                         for sfx, v in zip(("", "_reverse"), init, strict=True)
                     ]
-                fused = self._both_directions(layer, xq, init)
+                fused = self._both_directions(layer, xq, init, mask)
                 if fused is not None:
                     x, lasts = fused
                     for f, v in zip(finals, lasts, strict=True):
@@ -469,7 +469,7 @@ class QuantRecurrent(nn.Module):
         return [q.hidden_quant(init[0]), *(q.cell_quant(c) for c in init[1:])]
 
     def _both_directions(
-        self, layer: int, xq: Tensor, init: list[list[Tensor]]
+        self, layer: int, xq: Tensor, init: list[list[Tensor]], mask: Tensor | None
     ) -> tuple[Tensor, list[list[Tensor]]] | None:
         """Both directions of a bidirectional layer in one time loop, each step one
         batched op for the two (the reverse direction reads its projections backwards):
@@ -493,7 +493,9 @@ class QuantRecurrent(nn.Module):
         w = torch.stack((hhs[0][0], hhs[1][0]))  # [2, G·H, H]
         b = None if hhs[0][1] is None else torch.stack((hhs[0][1], hhs[1][1])).unsqueeze(1)
         state = [torch.stack(v) for v in zip(*init, strict=True)]  # [2, B, H] each
-        out, last = self.recurrence(ax, HiddenProjection(w, b), f, state)
+        if mask is not None:  # [T, B, 1] → [T, 2, B, 1], the reverse half read backwards
+            mask = torch.stack((mask, mask.flip(0)), 1)
+        out, last = self.recurrence(ax, HiddenProjection(w, b), f, state, mask)
         y = torch.cat((out[:, 0], out[:, 1].flip(0)), -1)  # [T, B, 2H]
         return y, [[v[0], v[1]] for v in last]
 
