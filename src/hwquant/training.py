@@ -247,5 +247,7 @@ def fit_ctc(
         history.append({"epoch": epoch + 1, "loss": total / len(train), "test_cer": cer})
         bar.set_postfix(loss=f"{total / len(train):.3f}", cer=f"{cer:.4f}")
         if progress:
-            bar.write(f"epoch {epoch + 1:>2}/{epochs}  loss {total / len(train):.4f}  CER {cer:.4f}")
+            bar.write(
+                f"epoch {epoch + 1:>2}/{epochs}  loss {total / len(train):.4f}  CER {cer:.4f}"
+            )
     return CTCFitResult(history[-1]["test_cer"], history)
