@@ -27,3 +27,8 @@ def test_qat_step_benchmark_smoke():
 def test_ptq_benchmark_smoke():
     out = _load("ptq").run(size=64, rows=128)
     assert out["gptq_seconds"] > 0 and out["gptq_rel_error"] < out["rtn_rel_error"]
+
+
+def test_rnn_benchmark_smoke():
+    out = _load("rnn").run(T=4, B=2, H=8, features=3, steps=1)
+    assert out["float_ms"] > 0 and out["ratio"] > 0 and out["quantizers"] >= 10

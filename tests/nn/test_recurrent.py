@@ -216,3 +216,31 @@ def test_bad_specs_are_clear_errors():
         QuantLSTM.from_float(nn.LSTM(4, 6, proj_size=3), W4A4)
     with pytest.raises(ValueError, match="weight_hh must be"):
         RecurrentSpec(weight=W4, weight_hh="W4")
+
+
+def test_calibration_sees_every_time_step_and_dropout_acts_between_layers():
+    torch.manual_seed(7)
+    f = nn.LSTM(4, 6, num_layers=2, dropout=0.5)
+    q = QuantLSTM.from_float(f, W4A4)
+    x = torch.randn(9, 3, 4)
+    with hwquant.calibration(q):
+        q(x)
+    gate = q.directions["l0"].gate_quant
+    assert gate.state == "static"
+    # the scale covers the pre-activations of every step, not only of the first one
+    hwquant.set_quantization(q, False)
+    pre = []
+    d = q.directions["l0"]
+    d.gate_quant.disable()
+    hook = d.gate_quant.register_forward_hook(lambda m, a, out: pre.append(a[0].abs().max()))
+    q(x)
+    hook.remove()
+    hwquant.set_quantization(q, True)
+    assert len(pre) == 9
+    assert float(gate.scale()) * 127 >= 0.5 * float(torch.stack(pre).max())
+    q.train()
+    y1, _ = q(x)
+    y2, _ = q(x)
+    assert not torch.equal(y1, y2)  # dropout between the layers in training
+    q.eval()
+    assert torch.equal(q(x)[0], q(x)[0])

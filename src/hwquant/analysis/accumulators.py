@@ -1,7 +1,9 @@
 """Accumulator analysis: how wide must each layer's accumulator be?
 
 :func:`accumulators` reports, per weight layer with integer inputs and weights
-(REFERENCE.md §1, formulas in :mod:`hwquant.analysis.cost.formulas`):
+(REFERENCE.md §1, formulas in :mod:`hwquant.analysis.cost.formulas`) — and per gate
+matmul of every QuantLSTM / QuantGRU / QuantRNN (ih and hh of each layer and
+direction, the per-gate widths in the row's note):
 
 - K (fan-in of one output), N (input bits), M (weight bits), input signedness;
 - the data-type bound (any M-bit weights), the weight-based L1 bound (these
@@ -50,7 +52,7 @@ from torch import Tensor, nn
 
 from hwquant.analysis.cost import formulas
 from hwquant.analysis.integer_exec import run_integer
-from hwquant.core.accumulator import accumulate
+from hwquant.core.accumulator import accumulate, worst_case_range
 from hwquant.nn.a2q import A2QWeightQuantizer, accumulator_bias_codes
 from hwquant.nn.codes import (
     accumulating_layers,
@@ -216,6 +218,52 @@ def _layer_row(
     return row, rows, b_acc
 
 
+def _recurrent_rows(name: str, layer: nn.Module) -> list[LayerAccumulator]:
+    """One row per gate matmul of a QuantLSTM / QuantGRU / QuantRNN (``<name>.l0.ih``,
+    ``.hh``, … as integer execution names them): K = input size (ih) or hidden size
+    (hh), the input format of that matmul, and per gate (the G blocks of H output rows:
+    LSTM i, f, g, o; GRU r, z, n) the exact width in ``note``."""
+    gates = {4: "ifgo", 3: "rzn", 1: "h"}[layer.gate_count]
+    rows = []
+    for mm in layer.matmuls():
+        K = mm.weight.shape[1]
+        row = LayerAccumulator(f"{name}.{mm.key}", type(layer).__name__, K)
+        wq, iq = mm.weight_quant, mm.input_quant
+        if isinstance(wq, A2QWeightQuantizer):
+            row.a2q_bits, row.a2q_kind = wq.accumulator_bits, "A2Q+" if wq.zero_centre else "A2Q"
+        wc = mm.weight_codes()
+        spec = getattr(iq, "spec", None)
+        ok = spec is not None and spec.format.integer_codes and spec.zero_point == "symmetric"
+        if wc is None or not ok:
+            row.note = "non-integer weights" if wc is None else "float or non-integer input"
+            rows.append(row)
+            continue
+        fmt, q = spec.format, wc[0]
+        row.N, row.M, row.signed_input = fmt.bits, wq.spec.format.bits, fmt.signed
+        row.datatype_bits = formulas.datatype_bound_bits(K, row.N, row.M, fmt.signed)
+        l1 = q.abs().sum(1)
+        row.l1_max = float(l1.max())
+        row.l1_bits = max(formulas.weight_bound_bits(float(v), row.N, fmt.signed) for v in l1)
+        acc_min, acc_max = worst_case_range(q, *fmt.code_range)
+        b = mm.bias_codes()
+        row.bias = None if mm.bias is None else ("accumulator" if b is not None else "float")
+        if b is not None:
+            row.bias_codes = b.tolist()
+            acc_min, acc_max = acc_min + b, acc_max + b
+        row.exact_min, row.exact_max = acc_min.tolist(), acc_max.tolist()
+        row.exact_bits = range_bits(int(acc_min.min()), int(acc_max.max()))
+        H = q.shape[0] // len(gates)
+        per_gate = [
+            range_bits(
+                int(acc_min[i * H : (i + 1) * H].min()), int(acc_max[i * H : (i + 1) * H].max())
+            )
+            for i in range(len(gates))
+        ]
+        row.note = "gates " + ", ".join(f"{g}: {b_}" for g, b_ in zip(gates, per_gate, strict=True))
+        rows.append(row)
+    return rows
+
+
 def _signed_bits(max_abs: int) -> int:
     """Signed width holding [−max_abs, max_abs]: ⌈log2(max_abs + 1)⌉ + 1."""
     return math.ceil(math.log2(max_abs + 1)) + 1
@@ -236,6 +284,10 @@ def accumulators(model: nn.Module, data: Any = None) -> AccumulatorReport:
     report = AccumulatorReport()
     for name, m, _ in accumulating_layers(model):
         report.layers.append(_layer_row(name or "<root>", m)[0])
+    for name, m in model.named_modules():
+        kind = kind_of(m)
+        if kind is not None and kind.role == "recurrent" and isinstance(m, kind.quant_type):
+            report.layers.extend(_recurrent_rows(name or "<root>", m))
     if data is not None:
         seen: dict[str, int] = {}
         for x in _batches(data):

@@ -620,41 +620,36 @@ def _static_int(q: nn.Module) -> bool:
 
 
 def _recurrent_ready(m: QuantRecurrent) -> bool:
-    for key, q in m.directions.items():
-        names = ("gate", "hidden", *m.cell_quantizers)
+    names = ("gate", "hidden", *m.cell_quantizers)
+    for q in m.directions.values():
         if not all(_static_int(getattr(q, f"{n}_quant")) for n in names):
             return False
-        layer, _, rev = key[1:].partition("_")
-        p = m.params(int(layer), "_" + rev if rev else "")
-        if q.weight_codes("ih", p["w_ih"]) is None or q.weight_codes("hh", p["w_hh"]) is None:
-            return False
+    if any(mm.weight_codes() is None for mm in m.matmuls()):
+        return False
     return all(_static_int(iq) for iq in m.input_quant)
 
 
 class _RecurrentMatmul:
-    """One integer matmul of a direction (``which`` = ih or hh): weight codes and
+    """One integer gate matmul (:class:`hwquant.nn.recurrent.Matmul`): weight codes and
     scales, bias codes in the accumulator (or a float bias after it), P."""
 
-    def __init__(self, ex: _Executor, m: nn.Module, key: str, q, which: str, p, s_in) -> None:
-        self.ex, self.m, self.key = ex, m, f"{key}.{which}"
-        w, b = p[f"w_{which}"], p[f"b_{which}"]
-        self.codes, s_w = q.weight_codes(which, w)
-        wq = getattr(q, f"weight_{which}_quant")
+    def __init__(self, ex: _Executor, m: nn.Module, path: str, mm) -> None:
+        self.ex, self.m, self.key = ex, m, f"{path}.{mm.key}"
+        self.codes, s_w = mm.weight_codes()
+        wq = mm.weight_quant
         self.bits = ex._layer_bits(self.key, m)  # P for this matmul, or for the layer
-        if self.bits is None and isinstance(ex.bits, Mapping) and key.rpartition(".")[0] in ex.bits:
-            self.bits = int(ex.bits[key.rpartition(".")[0]])
+        if self.bits is None and isinstance(ex.bits, Mapping) and path in ex.bits:
+            self.bits = int(ex.bits[path])
         if self.bits is None and isinstance(wq, A2QWeightQuantizer):
             self.bits = wq.accumulator_bits
-        s_in = s_in.detach()
+        s_in = mm.input_quant.scale().detach()
         self.s_acc = s_in.double().reshape(()) * s_w  # [G·H]
-        self.bias_codes: Tensor | None = None
+        self.bias_codes = mm.bias_codes()
         self.float_bias: Tensor | None = None
-        if b is not None:
-            bq = q.bias(which, b, s_in, w).detach().double()
-            if isinstance(getattr(q, f"bias_{which}_quant"), BiasQuantizer):
-                self.bias_codes = torch.round(bq / self.s_acc).long()
-            else:
-                self.float_bias = bq
+        if mm.bias is not None and self.bias_codes is None:
+            self.float_bias = (
+                mm.quantizers.bias(mm.which, mm.bias, s_in, mm.weight).detach().double()
+            )
 
     def __call__(self, x_codes: Tensor) -> Tensor:
         """b + Σ x·q in the P-bit accumulator as float64 values on s_x·s_w."""
@@ -675,10 +670,10 @@ def _on_grid(v: Tensor, s: Tensor) -> QTensor:
 def _recurrent_direction(ex: _Executor, path: str, m, layer: int, sfx: str, xq: QTensor):
     key = f"l{layer}{sfx}"
     q = m.directions[key]
-    p = m.params(layer, sfx)
     s_h = q.hidden_quant.scale().detach().double()
-    ih = _RecurrentMatmul(ex, m, f"{path}.{key}", q, "ih", p, m.input_quant[layer].scale())
-    hh = _RecurrentMatmul(ex, m, f"{path}.{key}", q, "hh", p, q.hidden_quant.scale())
+    mm = {x.key: x for x in m.matmuls()}
+    ih = _RecurrentMatmul(ex, m, path, mm[f"{key}.ih"])
+    hh = _RecurrentMatmul(ex, m, path, mm[f"{key}.hh"])
 
     def step(name: str) -> Callable[[Tensor], Tensor]:
         qz = getattr(q, f"{name}_quant")

@@ -148,6 +148,8 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
             kind = kind_of(module) if is_quantized(module) else None
             if kind is not None and kind.has_weight:
                 _emit_layer_params(module, path, saved, params)
+            elif kind is not None and kind.role == "recurrent":
+                _emit_recurrent(module, path, saved, params)
             elif isinstance(module, Quantizer):
                 _emit_quantizer(module, path, None, saved, params)
             if kind is not None and kind.switches:  # integer average pooling
@@ -162,6 +164,9 @@ def emitting(model: nn.Module) -> Iterator[dict[str, QuantParams]]:
 
 
 _MISSING = object()
+#: the placeholder node of a recurrent layer's time loop (hwquant.export.recurrent)
+RECURRENT_DOMAIN = "hwquant.recurrent"
+RECURRENCE = "Recurrence"
 
 
 def _set(saved: list, obj: nn.Module, name: str, value: object) -> None:
@@ -200,6 +205,62 @@ def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: 
         fn = _emitter_for(p)
         params[p.path] = p
         _set(saved, layer, "quant_bias", lambda: fn(bias, p))
+
+
+def _emit_recurrent(layer: nn.Module, path: str, saved: list, params: dict) -> None:
+    """Weight / bias quantizers of every gate matmul see their parameter (accumulator
+    biases get the constant s_in·s_w); the time loop becomes one placeholder node
+    (:mod:`hwquant.export.recurrent`)."""
+    pre = f"{path}." if path else ""
+    for mm in layer.matmuls():
+        where = f"{pre}directions.{mm.key.partition('.')[0]}."
+        wq, bq = mm.weight_quant, mm.bias_quant
+        if isinstance(wq, Quantizer):
+            _emit_quantizer(wq, f"{where}weight_{mm.which}_quant", mm.weight, saved, params)
+        if isinstance(bq, Quantizer):
+            _emit_quantizer(bq, f"{where}bias_{mm.which}_quant", mm.bias, saved, params)
+        elif isinstance(bq, BiasQuantizer) and bq.state != "float" and mm.bias is not None:
+            _emit_accumulator_bias(mm, f"{where}bias_{mm.which}_quant", saved, params)
+    _set(saved, layer, "recurrence", _recurrence_emitter(layer, path))
+
+
+def _recurrence_emitter(layer: nn.Module, path: str) -> Callable:
+    """The ``recurrence`` slot of a recurrent layer during export: one placeholder
+    node, expanded into a Scan or unrolled steps by :mod:`hwquant.export.recurrent`."""
+
+    def recurrence(ax, hh, f, state, mask=None, reverse=False, direction="l0"):
+        if mask is not None:
+            raise ValueError(
+                f"{path}: packed sequences cannot be exported; export the padded tensor "
+                "(and give the sequence length as a dynamic axis)"
+            )
+        T, B, H = ax.shape[0], ax.shape[1], layer.hidden_size
+        b = hh.bias if hh.bias is not None else hh.weight.new_zeros(hh.weight.shape[0])
+        outs = torch.onnx.ops.symbolic_multi_out(
+            f"{RECURRENT_DOMAIN}::{RECURRENCE}",
+            (ax, hh.weight, b, *state),
+            {"layer": path, "direction": direction, "reverse": int(reverse)},
+            dtypes=[ax.dtype] * (1 + len(state)),
+            shapes=[(T, B, H)] + [(B, H)] * len(state),
+            version=1,
+            metadata_props={PATH_KEY: f"{path}.{direction}" if path else direction},
+        )
+        return outs[0], list(outs[1:])
+
+    return recurrence
+
+
+def _emit_accumulator_bias(mm, path: str, saved: list, params: dict) -> None:
+    """A recurrent matmul's bias on its accumulator scale s_in·s_w, as a constant."""
+    with torch.no_grad():
+        s_in = mm.input_quant.scale().detach()
+        s_acc = (s_in * mm.weight_quant.scale_for(mm.weight)).reshape(-1).detach().clone()
+        # A2Q: clipped to fit the P-bit accumulator
+        bias = mm.quantizers.bias(mm.which, mm.bias, s_in, mm.weight).detach().clone()
+    p = QuantParams(path, mm.bias_quant.spec, s_acc, None)
+    fn = _emitter_for(p)
+    params[path] = p
+    _set(saved, mm.bias_quant, "_forward", lambda _b, _s: fn(bias, p))
 
 
 def _avgpool_emitter(pool: QuantAvgPool2d, path: str) -> Callable[[Tensor], Tensor]:

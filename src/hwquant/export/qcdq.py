@@ -17,7 +17,12 @@ then each QONNX node is lowered by its op module in :mod:`hwquant.export.ops`
   output steps; the u8×u8 kernels widen to 16 bits first and are exact. Weights
   of ≤ 7 bits cannot saturate (2·255·64 ≤ 32767) and keep int8. Signed
   activations in int8 would not help: onnxruntime converts s8 activations to u8
-  (+128) on x86 before the same kernels. 16-bit full
+  (+128) on x86 before the same kernels. Every signed 2–8-bit *activation* is
+  written in uint8 with zero point + 128 (the values onnxruntime would make of it):
+  with int8 activations onnxruntime 1.32's extended optimizer fails to load some
+  graphs — it rewrites a MatMul on 3-D input (a Linear on a sequence) into a
+  reshaped Gemm and moves Q / DQ across Slice (a recurrent cell's gates), leaving
+  "output_dtype INT8 does not match y_zero_point type UINT8". 16-bit full
   range → int16 / uint16 Q → DQ (onnxruntime has no int16 Clip kernel); with
   ``int4=True`` a full-range 4-bit Quant uses onnxruntime's native int4 / uint4.
   Per-channel scales use ``axis``, per-group scales blocked quantization
@@ -84,11 +89,15 @@ def to_qcdq(
     *,
     recipe: Recipe | None = None,
     int4: bool = False,
+    recurrent: str = "scan",
+    dynamic_length: int | None = None,
 ) -> Path:
     """Export ``model`` as a QCDQ graph (standard ONNX, opset 21) to ``path``.
 
     Same arguments as :func:`hwquant.export.to_qonnx`; ``int4`` uses onnxruntime's
-    native int4 / uint4 containers for full-range 4-bit quantizers. Raises
+    native int4 / uint4 containers for full-range 4-bit quantizers; recurrent layers
+    become ONNX ``Scan`` loops by default (their bodies lowered too; give
+    ``dynamic_length`` for any sequence length). Raises
     ``ValueError`` (naming the module path) for what QCDQ cannot express.
 
     >>> import tempfile, torch
@@ -100,9 +109,16 @@ def to_qcdq(
     >>> p.exists()
     True
     """
-    return write_atomic(
-        qcdq_proto(model, example_input, dynamic_batch, recipe=recipe, int4=int4), path
+    proto = qcdq_proto(
+        model,
+        example_input,
+        dynamic_batch,
+        recipe=recipe,
+        int4=int4,
+        recurrent=recurrent,
+        dynamic_length=dynamic_length,
     )
+    return write_atomic(proto, path)
 
 
 def qcdq_proto(
@@ -112,9 +128,19 @@ def qcdq_proto(
     *,
     recipe: Recipe | None = None,
     int4: bool = False,
+    recurrent: str = "scan",
+    dynamic_length: int | None = None,
 ) -> onnx.ModelProto:
     """The QCDQ ``ModelProto`` that :func:`to_qcdq` writes (in memory)."""
-    return qonnx_to_qcdq(qonnx_proto(model, example_input, dynamic_batch, recipe=recipe), int4=int4)
+    proto = qonnx_proto(
+        model,
+        example_input,
+        dynamic_batch,
+        recipe=recipe,
+        recurrent=recurrent,
+        dynamic_length=dynamic_length,
+    )
+    return qonnx_to_qcdq(proto, int4=int4)
 
 
 # ---------------------------------------------------------------- the rewrite
@@ -128,20 +154,11 @@ def qonnx_to_qcdq(proto: onnx.ModelProto, *, int4: bool = False) -> onnx.ModelPr
     out.CopyFrom(proto)
     g = out.graph
     ctx = Lowering(out, {t.name: numpy_helper.to_array(t) for t in g.initializer}, int4, [])
-    ctx.weight_inputs = {n.input[1] for n in g.node if n.op_type in MAC_OPS and len(n.input) > 1}
-    nodes = []
-    for n in g.node:
-        op = ops.find(n.op_type)
-        if op is not None:
-            nodes.extend(op.lower(n, ctx))
-        elif n.domain == QONNX_DOMAIN:
-            raise ValueError(f"{ctx.where(n)}: QCDQ cannot express the QONNX op {n.op_type}")
-        else:
-            nodes.append(n)
-    for op in ops.all_ops():
-        nodes = op.finish_lowering(nodes, ctx)
+    every = _all_nodes(g.node)
+    ctx.weight_inputs = {n.input[1] for n in every if n.op_type in MAC_OPS and len(n.input) > 1}
+    nodes = _lower_nodes(list(g.node), ctx)
     del g.node[:]
-    g.node.extend(_split_float_biases(nodes, ctx))
+    g.node.extend(nodes)
     g.initializer.extend(ctx.new_inits)
     del g.quantization_annotation[:]
     _drop_unused_initializers(out)
@@ -154,6 +171,36 @@ def qonnx_to_qcdq(proto: onnx.ModelProto, *, int4: bool = False) -> onnx.ModelPr
         out.opset_import.add(domain=d, version=v)
     onnx.checker.check_model(out)
     return out
+
+
+def _lower_nodes(nodes: list, ctx: Lowering) -> list:
+    """Each QONNX node of ``nodes`` by its op module; the bodies of Scan / Loop / If
+    nodes too (a recurrent layer's Scan, :mod:`hwquant.export.recurrent`): their
+    Constant values join the known constants, new initializers go to the main graph,
+    which a body may name (outer scope)."""
+    from onnx import numpy_helper
+
+    out = []
+    for n in nodes:
+        op = ops.find(n.op_type)
+        if op is not None:
+            out.extend(op.lower(n, ctx))
+        elif n.domain == QONNX_DOMAIN:
+            raise ValueError(f"{ctx.where(n)}: QCDQ cannot express the QONNX op {n.op_type}")
+        else:
+            for a in n.attribute:
+                if a.HasField("g"):
+                    body = a.g
+                    for c in body.node:
+                        if c.op_type == "Constant" and c.attribute[0].HasField("t"):
+                            ctx.inits[c.output[0]] = numpy_helper.to_array(c.attribute[0].t)
+                    lowered = _lower_nodes(list(body.node), ctx)
+                    del body.node[:]
+                    body.node.extend(_own_constants(lowered, ctx))
+            out.append(n)
+    for op in ops.all_ops():
+        out = op.finish_lowering(out, ctx)
+    return _split_float_biases(out, ctx)
 
 
 def _split_float_biases(nodes: list, ctx: Lowering) -> list:
@@ -196,8 +243,42 @@ def _weight_rank(tensor: str, producer: dict, ctx: Lowering) -> int:
     return ctx.inits[tensor].ndim
 
 
+def _own_constants(body_nodes: list, ctx: Lowering) -> list:
+    """``body_nodes`` with Constant nodes (local names) for the new initializers they
+    read, so that the body names nothing of the outer graph (qonnx's executor runs a
+    Scan node on its own)."""
+    from onnx import helper
+
+    new = {t.name: t for t in ctx.new_inits}
+    read = {i for n in body_nodes for i in n.input}
+    local = {name: f"{name}_in_body" for name in sorted(read & set(new))}
+    consts = [
+        helper.make_node("Constant", [], [local[name]], value=new[name], name=local[name])
+        for name in local
+    ]
+    for n in body_nodes:
+        n.input[:] = [local.get(i, i) for i in n.input]
+    return consts + body_nodes
+
+
+def _all_nodes(nodes) -> list:
+    """``nodes`` and the nodes of their subgraph bodies (Scan), recursively."""
+    out = []
+    for n in nodes:
+        out.append(n)
+        for a in n.attribute:
+            if a.HasField("g"):
+                out.extend(_all_nodes(a.g.node))
+    return out
+
+
+def _inputs_of(nodes) -> set[str]:
+    """Every tensor name the nodes read, in subgraph bodies (Scan) too."""
+    return {i for n in _all_nodes(nodes) for i in n.input}
+
+
 def _drop_unused_initializers(proto: onnx.ModelProto) -> None:
-    used = {i for n in proto.graph.node for i in n.input}
+    used = _inputs_of(proto.graph.node)
     keep = [t for t in proto.graph.initializer if t.name in used]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep)

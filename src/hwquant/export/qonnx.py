@@ -75,6 +75,8 @@ def to_qonnx(
     dynamic_batch: bool = False,
     *,
     recipe: Recipe | None = None,
+    recurrent: str = "unrolled",
+    dynamic_length: int | None = None,
 ) -> Path:
     """Export ``model`` as a QONNX graph to ``path`` and return the path.
 
@@ -89,6 +91,12 @@ def to_qonnx(
             ``hwquant.export.with_batch(path, n)``, as ``verify`` does).
         recipe: stored as JSON in the metadata; by default the recipe that
             reproduces the model's layer specs (module path → LayerSpec).
+        recurrent: how QuantLSTM / QuantGRU / QuantRNN time loops are written:
+            ``"unrolled"`` (T steps, what qonnx's executor and FINN-style tools
+            read) or ``"scan"`` (an ONNX Scan whose body holds the Quant nodes;
+            :mod:`hwquant.export.recurrent`).
+        dynamic_length: the axis of the (first) input that is the sequence length,
+            made symbolic (needs ``recurrent="scan"``); None keeps it fixed.
 
     Raises ``ValueError`` (naming the module path) for an example input the model
     rejects, a quantizer without a scale, a format or an op that cannot be
@@ -103,7 +111,14 @@ def to_qonnx(
     >>> p.suffix
     '.onnx'
     """
-    proto = qonnx_proto(model, example_input, dynamic_batch, recipe=recipe)
+    proto = qonnx_proto(
+        model,
+        example_input,
+        dynamic_batch,
+        recipe=recipe,
+        recurrent=recurrent,
+        dynamic_length=dynamic_length,
+    )
     return write_atomic(proto, path)
 
 
@@ -114,17 +129,33 @@ def qonnx_proto(
     *,
     recipe: Recipe | None = None,
     cleanup: bool = True,
+    recurrent: str = "unrolled",
+    dynamic_length: int | None = None,
 ) -> onnx.ModelProto:
     """The cleaned QONNX ``ModelProto`` that :func:`to_qonnx` writes (in memory)."""
+    from hwquant.export.recurrent import FORMS, expand_recurrences, has_recurrences
+
     inputs = as_inputs(example_input)
+    if recurrent not in FORMS:
+        raise ValueError(f"recurrent must be one of {list(FORMS)}, got {recurrent!r}")
+    if dynamic_length is not None and recurrent != "scan":
+        raise ValueError(
+            "dynamic_length needs recurrent='scan' (an unrolled loop has a fixed length)"
+        )
     with eval_mode(model):
         check_quantizers_ready(model)
         warn_ignored_subnormals(model)
         check_example(model, inputs)
-        proto = _trace_to_onnx(model, inputs, dynamic_batch)
+        proto = _trace_to_onnx(model, inputs, dynamic_batch, dynamic_length)
+        loops = has_recurrences(proto)
+        if loops and cleanup:  # clean the small graph, expand the loops after
+            proto = _qonnx_cleanup(proto)
+        expand_recurrences(proto, model, recurrent)
         acc = accumulator_bits(model)
     if cleanup:
-        proto = _qonnx_cleanup(proto)
+        # qonnx's passes are quadratic in the node count: an unrolled loop gets only
+        # shape and datatype inference (its step was traced clean, its names are unique)
+        proto = _qonnx_cleanup(proto, light=loops)
     _stamp(proto, model, recipe, acc)
     return proto
 
@@ -218,12 +249,22 @@ def check_example(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
 
 # ---------------------------------------------------------------- tracing
 def _trace_to_onnx(
-    model: nn.Module, inputs: tuple[Tensor, ...], dynamic_batch: bool
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    dynamic_batch: bool,
+    dynamic_length: int | None = None,
 ) -> onnx.ModelProto:
     if dynamic_batch and inputs[0].shape[0] == 1:
         # torch.export specializes size-1 dimensions: trace with a batch of 2.
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
     dyn = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+    if dynamic_length is not None:
+        axis = dynamic_length % inputs[0].dim()
+        if dynamic_batch and axis == 0:
+            raise ValueError("dynamic_length names the batch axis 0")
+        first = dict(dyn[0]) if dyn else {}
+        first[axis] = torch.export.Dim("length", min=2)
+        dyn = (first, *(dyn[1:] if dyn else ({},) * (len(inputs) - 1)))
     with emitting(model), _quiet(), torch.no_grad():
         try:
             with module_tracker(model) as stack:
@@ -312,9 +353,10 @@ def _fix_header(proto: onnx.ModelProto) -> None:
 PRESERVED_OPS = (*ops.names(), "QuantizeLinear", "DequantizeLinear")
 
 
-def _qonnx_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _qonnx_cleanup(proto: onnx.ModelProto, light: bool = False) -> onnx.ModelProto:
     """qonnx's cleanup sequence (``qonnx.util.cleanup.cleanup_model``, with FloatQuant
-    and Trunc also preserved), then shape and datatype inference."""
+    and Trunc also preserved), then shape and datatype inference (``light``: only
+    those two)."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.fold_constants import FoldConstants
     from qonnx.transformation.general import (
@@ -340,6 +382,8 @@ def _qonnx_cleanup(proto: onnx.ModelProto) -> onnx.ModelProto:
         InferShapes(),
         InferDataTypes(),
     ]
+    if light:
+        steps = steps[-2:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mw = ModelWrapper(proto)

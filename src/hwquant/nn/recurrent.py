@@ -24,6 +24,12 @@ round-off). Supported: ``num_layers``, ``bidirectional``, ``batch_first``,
 and packed sequences (each sequence stops at its length; the reverse direction starts
 at its last step). Not supported: LSTM ``proj_size`` (a clear error).
 
+Learned activation scales are set by the first batch when it reaches them: the
+gate quantizer by the first time step's pre-activations (no hidden-state term yet), a
+learned hidden-state scale after the first step (until then b_hh stays float). QAT
+trains them from there; for PTQ, calibrate (``hwquant.calibration``), which observes
+every time step.
+
 A bias on the accumulator scale (``accumulator_bias``) puts b_ih on s_x·s_ih and b_hh
 on s_h·s_hh, each preloaded into its own integer accumulator; A2Q weight specs bound
 each accumulator (ih with K = the input size, hh with K = hidden size) and clip their
@@ -61,7 +67,16 @@ from hwquant.spec.layer_spec import LayerSpec
 from hwquant.spec.quant_spec import QuantSpec
 from hwquant.spec.recurrent import RecurrentSpec, recurrent_spec
 
-__all__ = ["QuantGRU", "QuantLSTM", "QuantRNN", "RecurrentQuantizers"]
+__all__ = [
+    "HiddenProjection",
+    "Matmul",
+    "QuantGRU",
+    "QuantLSTM",
+    "QuantRNN",
+    "QuantRecurrent",
+    "RecurrentQuantizers",
+    "StepQuant",
+]
 
 _ACT = ("gate_quant", "sigmoid_quant", "tanh_quant", "cell_quant", "hidden_quant")
 Fn = Callable[[Tensor], Tensor]
@@ -82,11 +97,28 @@ def _step_fn(m: nn.Module) -> Fn:
     return m.step_function() if isinstance(m, Quantizer) else m
 
 
+class HiddenProjection:
+    """h ↦ h·Ŵ_hhᵀ + b̂_hh for the steps of one direction; ``weight`` / ``bias`` are the
+    quantized tensors (export writes them as the recurrence's inputs)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, h: Tensor) -> Tensor:
+        y = h @ self.weight.t()  # MatMul (+ Add): no Gemm for onnxruntime to re-fuse
+        return y if self.bias is None else y + self.bias
+
+
 def _weight_quantizer(spec: QuantSpec | None, w: Tensor, in_spec, owner: str) -> nn.Module:
     if spec is None:
         return nn.Identity()
     if isinstance(spec, A2Q):  # accumulator-aware: needs this matmul's input format
         return A2QWeightQuantizer(spec, w, a2q_input_format(in_spec, spec, owner), owner=owner)
+    if type(spec) is not QuantSpec:  # e.g. a power-of-two weight scheme
+        raise ValueError(
+            f"{owner}: recurrent layers take QuantSpec or A2Q weight specs, not "
+            f"{type(spec).__name__}"
+        )
     return Quantizer.for_weight(spec, w)
 
 
@@ -158,11 +190,50 @@ class RecurrentQuantizers(nn.Module):
         return bq(b, s_acc)
 
 
+class Matmul(NamedTuple):
+    """One gate matmul of a recurrent layer: ``key`` (``l0.ih``, ``l1_reverse.hh``),
+    its weight [G·H, K] and bias, the quantizer of its input (the layer's input
+    quantizer for ih, the hidden-state quantizer for hh) and the direction's
+    quantizers."""
+
+    key: str
+    which: str
+    weight: Tensor
+    bias: Tensor | None
+    input_quant: nn.Module
+    quantizers: RecurrentQuantizers
+
+    @property
+    def weight_quant(self) -> nn.Module:
+        return getattr(self.quantizers, f"weight_{self.which}_quant")
+
+    @property
+    def bias_quant(self) -> nn.Module:
+        return getattr(self.quantizers, f"bias_{self.which}_quant")
+
+    def weight_codes(self) -> tuple[Tensor, Tensor] | None:
+        """(codes [G·H, K] int64, scale [G·H] float64), or None (not integer)."""
+        return self.quantizers.weight_codes(self.which, self.weight)
+
+    @torch.no_grad()
+    def bias_codes(self) -> Tensor | None:
+        """The integer bias codes b = round(b̂/(s_in·s_w)) preloaded into this matmul's
+        accumulator (int64 [G·H]); None without a bias on the accumulator scale."""
+        bq, s_in = self.bias_quant, self.input_quant
+        if self.bias is None or not isinstance(bq, BiasQuantizer) or bq.state == "float":
+            return None
+        s = s_in.scale().detach()
+        b = self.quantizers.bias(self.which, self.bias, s, self.weight).detach().double()
+        s_acc = s.double().reshape(()) * self.weight_quant.scale_for(self.weight).double()
+        return torch.round(b / s_acc.reshape(-1)).long()
+
+
 class QuantRecurrent(nn.Module):
     """Shared forward of QuantLSTM / QuantGRU / QuantRNN (module docstring)."""
 
     float_type: ClassVar[type[nn.Module]]
     n_states: ClassVar[int] = 1  # h (and c for LSTM)
+    gate_count: ClassVar[int] = 1  # G: rows of W_ih per hidden unit (LSTM 4, GRU 3)
     #: the cell's activation quantizers (RecurrentSpec fields it uses)
     cell_quantizers: ClassVar[tuple[str, ...]]
 
@@ -194,6 +265,18 @@ class QuantRecurrent(nn.Module):
                 self.directions[f"l{layer}{sfx}"] = RecurrentQuantizers(
                     rspec, in_specs[layer], p, owner
                 )
+
+    def matmuls(self) -> list[Matmul]:
+        """Every gate matmul (ih and hh per layer and direction), in execution order."""
+        out = []
+        for layer in range(self.num_layers):
+            for sfx in self.suffixes():
+                key, p = f"l{layer}{sfx}", self.params(layer, sfx)
+                q = self.directions[key]
+                for which, iq in (("ih", self.input_quant[layer]), ("hh", q.hidden_quant)):
+                    w, b = p[f"w_{which}"], p[f"b_{which}"]
+                    out.append(Matmul(f"{key}.{which}", which, w, b, iq, q))
+        return out
 
     def suffixes(self) -> tuple[str, ...]:
         """The direction suffixes of the parameter names: ("",) or ("", "_reverse")."""
@@ -239,18 +322,10 @@ class QuantRecurrent(nn.Module):
     @torch.no_grad()
     def reset_weight_scale(self) -> None:
         """Re-derive learned weight / bias scales from the current parameters."""
-        for key, q in self.directions.items():
-            layer, _, rev = key[1:].partition("_")
-            p = self.params(int(layer), "_" + rev if rev else "")
-            pairs = (
-                (q.weight_ih_quant, p["w_ih"]),
-                (q.weight_hh_quant, p["w_hh"]),
-                (q.bias_ih_quant, p["b_ih"]),
-                (q.bias_hh_quant, p["b_hh"]),
-            )
-            for wq, t in pairs:
-                if isinstance(wq, Quantizer) and wq.spec.scale.learned and t is not None:
-                    wq.init_from(t)
+        for mm in self.matmuls():
+            for q, t in ((mm.weight_quant, mm.weight), (mm.bias_quant, mm.bias)):
+                if isinstance(q, Quantizer) and q.spec.scale.learned and t is not None:
+                    q.init_from(t)
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
@@ -310,7 +385,7 @@ class QuantRecurrent(nn.Module):
         else:
             x, batched = self._check_input(input, hx)
         states = self._initial(hx, x.shape[1], batched, x)
-        y, finals = self._layers(x, states, lengths)
+        y, finals = self._layers(x, states, lengths, given=hx is not None)
         if packed:
             order = input.sorted_indices
             y_sorted = y if order is None else y.index_select(1, order)
@@ -327,8 +402,10 @@ class QuantRecurrent(nn.Module):
         return y, (tuple(finals) if self.n_states == 2 else finals[0])
 
     def _layers(
-        self, x: Tensor, states: list[Tensor], lengths: Tensor | None
+        self, x: Tensor, states: list[Tensor], lengths: Tensor | None, given: bool
     ) -> tuple[Tensor, list[Tensor]]:
+        """All layers and directions; ``given``: the initial states came from the
+        caller (they are quantized; zeros are on every grid)."""
         finals: list[list[Tensor]] = [[] for _ in states]
         mask = None
         if lengths is not None:  # [T, B, 1]: step t is inside sequence b
@@ -341,6 +418,7 @@ class QuantRecurrent(nn.Module):
             for d, sfx in enumerate(self.suffixes()):
                 i = layer * D + d
                 init = [s[i] for s in states]
+                init = self._quantized_init(layer, sfx, init) if given else init
                 out, last = self._direction(layer, sfx, xq, init, mask, reverse=d == 1)
                 outs.append(out)
                 for f, v in zip(finals, last, strict=True):
@@ -366,12 +444,13 @@ class QuantRecurrent(nn.Module):
         b_ih = q.bias("ih", p["b_ih"], s_x, p["w_ih"])
         b_hh = q.bias("hh", p["b_hh"], self._scale(q.hidden_quant), p["w_hh"])
         ax = F.linear(xq, w_ih, b_ih)  # [T, B, G·H]: every step's input projection at once
-        state = [q.hidden_quant(init[0]) if init[0].any() else init[0]]
-        if len(init) == 2:
-            state.append(q.cell_quant(init[1]) if init[1].any() else init[1])
-        return self.recurrence(
-            ax, lambda h: F.linear(h, w_hh, b_hh), q.step_quant(), state, mask, reverse
-        )
+        hh = HiddenProjection(w_hh, b_hh)
+        return self.recurrence(ax, hh, q.step_quant(), init, mask, reverse, f"l{layer}{sfx}")
+
+    def _quantized_init(self, layer: int, sfx: str, init: list[Tensor]) -> list[Tensor]:
+        """A caller's initial h (and c) on the hidden (and cell) grid."""
+        q = self.directions[f"l{layer}{sfx}"]
+        return [q.hidden_quant(init[0]), *(q.cell_quant(c) for c in init[1:])]
 
     def recurrence(
         self,
@@ -381,18 +460,22 @@ class QuantRecurrent(nn.Module):
         state: list[Tensor],
         mask: Tensor | None = None,
         reverse: bool = False,
+        direction: str = "l0",
     ) -> tuple[Tensor, list[Tensor]]:
-        """The time steps of one direction: ``ax`` [T, B, G·H] the input projections,
-        ``hh`` the hidden projection h ↦ h·Ŵ_hhᵀ + b̂_hh, ``f`` the activation
+        """The time steps of one direction (``direction``: its key in ``directions``):
+        ``ax`` [T, B, G·H] the input projections, ``hh`` the hidden projection
+        h ↦ h·Ŵ_hhᵀ + b̂_hh (a :class:`HiddenProjection`), ``f`` the activation
         quantizers, ``state`` the initial [h] or [h, c]. Returns the hidden states
-        [T, B, H] and the final state. (Integer execution calls it with integer
-        projections and re-quantizing step functions: the same cell arithmetic.)"""
+        [T, B, H] and the final state. Integer execution calls it with integer
+        projections and re-quantizing step functions (the same cell arithmetic);
+        export replaces it with one node that becomes an ONNX ``Scan``
+        (:mod:`hwquant.export.recurrent`)."""
         T = ax.shape[0]
         steps = range(T - 1, -1, -1) if reverse else range(T)
         outs: list[Tensor] = [ax.new_empty(0)] * T
         ax_t = ax.unbind(0)  # one backward node (indexing ax[t] would zero-fill ax per step)
         for t in steps:
-            new = self._cell(f, ax_t[t], state, hh)
+            new = self.step(f, ax_t[t], state, hh)
             if mask is not None:  # past a sequence's end: keep the state, output 0
                 m = mask[t]
                 new = [torch.where(m, n, s) for n, s in zip(new, state, strict=True)]
@@ -406,7 +489,7 @@ class QuantRecurrent(nn.Module):
     def _scale(q: nn.Module) -> Tensor | None:
         return q.scale() if isinstance(q, Quantizer) and q.state == "static" else None
 
-    def _cell(self, q: StepQuant, ax: Tensor, state: list[Tensor], hh: Fn) -> list[Tensor]:
+    def step(self, q: StepQuant, ax: Tensor, state: list[Tensor], hh: Fn) -> list[Tensor]:
         """One time step: the new [h] (or [h, c]) from the input projection ``ax``."""
         raise NotImplementedError  # pragma: no cover - each cell type defines it
 
@@ -422,12 +505,13 @@ class QuantLSTM(QuantRecurrent, nn.LSTM):
 
     float_type = nn.LSTM
     n_states = 2
+    gate_count = 4
     cell_quantizers = ("gate", "sigmoid", "tanh", "cell", "hidden")
 
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         _init(self, nn.LSTM, args, spec, kwargs)
 
-    def _cell(self, q, ax, state, hh):
+    def step(self, q, ax, state, hh):
         h, c = state
         H = self.hidden_size
         p = q.gate(ax + hh(h))  # [B, 4H]: i, f, g, o
@@ -444,11 +528,12 @@ class QuantGRU(QuantRecurrent, nn.GRU):
 
     float_type = nn.GRU
     cell_quantizers = ("gate", "sigmoid", "tanh", "hidden")
+    gate_count = 3
 
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         _init(self, nn.GRU, args, spec, kwargs)
 
-    def _cell(self, q, ax, state, hh):
+    def step(self, q, ax, state, hh):
         (h,) = state
         H = self.hidden_size
         ah = hh(h)  # [B, 3H]: r, z, n
@@ -468,7 +553,7 @@ class QuantRNN(QuantRecurrent, nn.RNN):
     def __init__(self, *args, spec: LayerSpec, **kwargs) -> None:
         _init(self, nn.RNN, args, spec, kwargs)
 
-    def _cell(self, q, ax, state, hh):
+    def step(self, q, ax, state, hh):
         (h,) = state
         p = q.gate(ax + hh(h))
         return [q.hidden(torch.tanh(p) if self.nonlinearity == "tanh" else torch.relu(p))]

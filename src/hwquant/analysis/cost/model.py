@@ -68,16 +68,21 @@ def records_from_module(model: nn.Module, input_shape: Sequence[int]) -> list[La
     the batch dimension of ``input_shape`` is divided out)."""
     shape = _check_shape(input_shape)
     work = copy.deepcopy(model).eval()
-    layers = {m: name for name, m in work.named_modules() if _costed(m)}
+    layers = {m: name for name, m in work.named_modules() if _costed(m) or _recurrent(m)}
     if not layers:
         raise ValueError(
-            "the model has no Linear / Conv / ConvTranspose / Embedding layers to cost"
+            "the model has no Linear / Conv / ConvTranspose / Embedding / LSTM / GRU / RNN "
+            "layers to cost"
         )
     owned = {id(getattr(m, a, None)) for m in layers for a in ("weight_quant", "bias_quant")}
+    for m in layers:
+        if _recurrent(m):  # their own quantizers are part of the cell, not thresholds
+            owned |= {id(q) for q in m.modules()}
     events: list[tuple[str, object]] = []
     hooks = []
 
-    def on_layer(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+    def on_layer(module: nn.Module, args: tuple, out) -> None:
+        out = out[0] if isinstance(out, tuple) else out  # a recurrent layer: (y, state)
         events.append(("layer", (module, tuple(args[0].shape), tuple(out.shape))))
 
     def on_quant(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -109,10 +114,66 @@ def _records_from_events(events: list, layers: dict, batch: int) -> list[LayerRe
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}#{seen[name]}"
+        if _recurrent(module):
+            records.extend(_recurrent_records(module, name, in_shape, batch))
+            continue
         out_bits = _own_output_bits(module)
         if out_bits is None:
             out_bits = _next_quant_bits(events[i + 1 :])
         records.append(_record(module, name, in_shape, out_shape, batch, out_bits))
+    return records
+
+
+def _recurrent(m: nn.Module) -> bool:
+    """A quantized recurrent layer (QuantLSTM / QuantGRU / QuantRNN)."""
+    kind = kind_of(m)
+    return kind is not None and kind.role == "recurrent" and isinstance(m, kind.quant_type)
+
+
+def _recurrent_records(m: nn.Module, name: str, in_shape: tuple, batch: int) -> list[LayerRecord]:
+    """One record per gate matmul (ih and hh of every layer and direction), each a
+    matrix-vector unit run T times per sequence (MW = K, MH = G·H); its output is
+    re-quantized by the gate quantizer (B = its bits). The element-wise cell (gate
+    products, sigmoid / tanh tables) is not costed (a note says so)."""
+    T = in_shape[1] if m.batch_first and len(in_shape) == 3 else in_shape[0]  # steps
+    records = []
+    for mm in m.matmuls():
+        G_H, K = mm.weight.shape
+        wf = _quant_format(mm.weight_quant)
+        inf = _quant_format(mm.input_quant)
+        wc = mm.weight_codes()
+        q = wc[0].numpy() if wc is not None and integer_grid(wf) is not None else None
+        a2q = getattr(mm.weight_quant, "accumulator_bits", None)
+        gate = _quant_format(mm.quantizers.gate_quant)
+        notes = [
+            "recurrent gate matmul; the element-wise cell (gate products, sigmoid / tanh tables) is not costed"
+        ]
+        if inf is None:
+            notes.append("float input (no input quantizer)")
+        if wf is None:
+            notes.append("float weights (no weight quantizer)")
+        records.append(
+            LayerRecord(
+                name=f"{name}.{mm.key}",
+                op="linear",
+                MW=K,
+                MH=G_H,
+                n_pix=T,
+                fan_in=K,
+                n_weights=mm.weight.numel(),
+                n_zero_weights=int((q == 0).sum())
+                if q is not None
+                else int((mm.weight == 0).sum()),
+                weight_format=wf,
+                input_format=inf,
+                out_bits=gate.bits if gate is not None else None,
+                q=q,
+                a2q_bits=int(a2q) if isinstance(a2q, int) and not isinstance(a2q, bool) else None,
+                input_elems=T * K,
+                output_elems=T * G_H,
+                notes=notes,
+            )
+        )
     return records
 
 

@@ -168,7 +168,7 @@ class QuantOp(OnnxOp):
                 "bits, int16/uint16 only full-range 16 bits: onnxruntime has no int16 Clip kernel)"
             )
         dtype, clip = cont
-        if _saturates_u8s8(n, ctx, bits, signed, dtype):
+        if _saturates_u8s8(n, ctx, bits, signed, dtype) or _signed_activation(n, ctx, dtype):
             # same values in a uint8 container: codes and zero point + 128 (qcdq docstring)
             dtype, z_q, q_min, q_max = T.UINT8, z_q + 128, q_min + 128, q_max + 128
             clip = (q_min, q_max) != (0, 255)
@@ -215,6 +215,16 @@ def _saturates_u8s8(n: Any, ctx: Lowering, bits: int, signed: bool, dtype: int) 
 
     is_weight = n.input[0] in ctx.inits or n.output[0] in ctx.weight_inputs
     return dtype == T.INT8 and signed and bits == 8 and is_weight
+
+
+def _signed_activation(n: Any, ctx: Lowering, dtype: int) -> bool:
+    """A signed activation in int8 (not a constant, not a MAC's weight input):
+    onnxruntime's extended optimizer breaks on int8 activations around MatMul and
+    Slice (qcdq docstring); uint8 + 128 holds the same values."""
+    from onnx import TensorProto as T
+
+    weight = n.input[0] in ctx.inits or n.output[0] in ctx.weight_inputs
+    return dtype == T.INT8 and not weight
 
 
 def _codes_dq(

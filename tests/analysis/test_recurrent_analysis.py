@@ -98,3 +98,38 @@ def test_float_input_quantizer_runs_the_layer_in_float():
     r = run_integer(m, x)
     assert any("QuantGRU" in op for op in r.float_ops)
     assert torch.allclose(r.outputs, m.eval()(x))
+
+
+def test_accumulator_report_covers_every_gate_matmul():
+    from hwquant.analysis import accumulators
+
+    torch.manual_seed(6)
+    w = A2Q(IntFormat(4, narrow=True), accumulator_bits=11)
+    m = hwquant.quantize(Seq(nn.LSTM, True, 2, True), Recipe.uniform(weights=w, activations=A4))
+    x = torch.randn(3, 5, 6)
+    m.eval()(x)
+    report = accumulators(m, x)
+    rows = {r.name: r for r in report.layers}
+    run = run_integer(m, x)
+    assert set(rows) == set(run.layers)  # same names as integer execution
+    for name, row in rows.items():
+        assert (
+            6
+            if name.startswith("rnn.l0") and name.endswith("ih")
+            else (20 if name.endswith("ih") else 10)
+        ) == row.K
+        assert row.a2q_bits == 11 and row.exact_bits <= 11
+        assert row.observed_max_abs <= max(max(row.exact_max), -min(row.exact_min))
+        assert row.note.startswith("gates i: ") and "o: " in row.note
+
+
+def test_cost_counts_every_gate_matmul_per_time_step():
+    from hwquant.analysis import cost
+
+    m = hwquant.quantize(Seq(nn.GRU, True, 1, True), Recipe.uniform(weights=W4, activations=A4))
+    m.eval()(torch.randn(2, 7, 6))
+    r = cost(m, (1, 7, 6))  # batch-first: 7 time steps of 6 features
+    names = [lc.name for lc in r.layers]
+    assert names == ["rnn.l0.ih", "rnn.l0.hh", "rnn.l0_reverse.ih", "rnn.l0_reverse.hh"]
+    assert r.macs == 2 * 7 * 3 * 10 * (6 + 10)  # directions · T · G·H · (I + H)
+    assert all(lc.n_pix == 7 and lc.MH == 30 for lc in r.layers)
