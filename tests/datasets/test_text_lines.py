@@ -125,3 +125,22 @@ def test_argument_errors(kwargs, match):
 def test_loader_batch_size_error(data):
     with pytest.raises(ValueError, match="batch_size must be an integer ≥ 1"):
         data.train.loader(0)
+
+
+def test_pinned_bytes():
+    """The generator's output is pinned: a change to the rendering (or to the pinned
+    NumPy / Pillow / FreeType) shows here, not as a silent shift in every OCR result."""
+    import PIL
+    from PIL import features
+
+    d = text_lines(n_train=16, n_test=4, seed=0)
+    h = hashlib.sha256()
+    for s in (d.train, d.test):
+        h.update((s.images * 255).round().to(torch.uint8).numpy().tobytes())
+        h.update(" ".join(s.texts).encode())
+    versions = f"NumPy {np.__version__}, Pillow {PIL.__version__}, FreeType {features.version('freetype2')}"
+    assert h.hexdigest() == PINNED, f"text_lines(16, 4, seed=0) changed ({versions})"
+
+
+# text_lines(16, 4, seed=0) with NumPy 2.4.6, Pillow 13.0.0, FreeType 2.14.3
+PINNED = "72a087a0cdb9d4b91c7a6f223c9ea580684be5fe3ea2a56b1b4bd1c394684d76"

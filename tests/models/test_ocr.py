@@ -92,7 +92,7 @@ def test_forward_shapes_and_ctc_loss():
     assert torch.allclose(packed[1, :30], alone[0], atol=1e-5)
     labels = torch.tensor([[1, 2, 3], [4, 5, 0], [6, 0, 0]])
     loss = F.ctc_loss(lp.transpose(0, 1), labels, lengths, torch.tensor([3, 2, 1]))
-    assert math.isfinite(float(loss)) and float(loss) > 0
+    assert math.isfinite(float(loss.detach())) and float(loss.detach()) > 0
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 

@@ -15,7 +15,7 @@ Plain ``nn.LSTM`` / ``nn.Linear`` on purpose: ``hwquant.quantize`` swaps them fo
 >>> greedy_decode(log_probs, torch.tensor([40, 25]))[1] == greedy_decode(log_probs[1:, :25])[0]
 True
 >>> character_error_rate(["HELLO", "AB"], ["HALLO", "ABC"])
-0.2857142857142857
+0.25
 """
 
 from __future__ import annotations
