@@ -1,5 +1,6 @@
 """Data that ships with the dependencies (no downloads)."""
 
 from hwquant.datasets.digits import DigitsData, digits
+from hwquant.datasets.text_lines import ALPHABET, TextLines, TextLineSet, text_lines
 
-__all__ = ["DigitsData", "digits"]
+__all__ = ["ALPHABET", "DigitsData", "TextLineSet", "TextLines", "digits", "text_lines"]

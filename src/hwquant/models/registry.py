@@ -30,6 +30,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _REGISTERING_MODULES = (
     "hwquant.models.small",
     "hwquant.models.transformer",
+    "hwquant.models.ocr",
     "hwquant.export.zoo",
 )
 
