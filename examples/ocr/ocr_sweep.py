@@ -125,8 +125,7 @@ def qat(base: TextLineBiLSTM, w: int, a: int, s: Settings, data: TextLines) -> t
     torch.manual_seed(s.seed)
     model = hwquant.quantize(copy.deepcopy(base), recipe(w, a))
     loader = data.train.loader(s.qat_batch_size, shuffle=True, seed=s.seed + 1)
-    # the first batch sets every activation scale (then they are learned); not
-    # hwquant.calibration(model), which QuantLSTM does not support yet
+    # the first batch sets every activation scale (then QAT learns them)
     x, widths, _, _ = next(iter(loader))
     with torch.no_grad():
         model.train()(x[..., : int(widths.max())])
@@ -178,8 +177,8 @@ def table(result: dict[str, Any]) -> str:
     """The Markdown table of a :func:`run` result."""
     lines = [
         "| config | LSTM | test CER % | CER % before QAT | LUT | DSP | BRAM18 "
-        "| weight memory (kbit) | MBOPs / line | costed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| weight memory (kbit) | MBOPs / line | cycles / line | fits | costed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in result["rows"]:
         calibrated = "–" if "cer_initial" not in r else f"{100 * r['cer_initial']:.1f}"
@@ -187,6 +186,7 @@ def table(result: dict[str, Any]) -> str:
             f"| {r['config']} | {r.get('lstm', 'LSTM (float)')} | {100 * r['cer']:.2f} "
             f"| {calibrated} | {r['luts']:,} | {r['dsps']} | {r['bram18']} "
             f"| {r['weight_memory_bits'] / 1e3:.1f} | {r['bops'] / 1e6:.1f} "
+            f"| {r['cycles_per_frame']:,} | {'yes' if r['fits'] else 'no'} "
             f"| {_costed(r['counted_layers'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -220,7 +220,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     p.add_argument("--out", type=Path, default=None, help="where results.json / table.md go")
     p.add_argument("--cache", type=Path, default=None, help="float checkpoint folder")
+    p.add_argument("--table", type=Path, default=None, help="rewrite table.md from results.json")
     args = p.parse_args(argv)
+    if args.table is not None:
+        result = json.loads(args.table.read_text())
+        write(result, args.table.parent)
+        return result
     s = dataclasses.replace(QUICK) if args.quick else Settings()
     if args.out is not None:
         s.out = args.out

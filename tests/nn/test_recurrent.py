@@ -221,7 +221,7 @@ def test_bad_specs_are_clear_errors():
 def test_calibration_sees_every_time_step_and_dropout_acts_between_layers():
     torch.manual_seed(7)
     f = nn.LSTM(4, 6, num_layers=2, dropout=0.5)
-    q = QuantLSTM.from_float(f, W4A4)
+    q = QuantLSTM.from_float(f, Recipe.uniform(weights=W4, activations=A4).default)  # acc. bias
     x = torch.randn(9, 3, 4)
     with hwquant.calibration(q):
         q(x)

@@ -180,10 +180,14 @@ class RecurrentQuantizers(nn.Module):
 
     def bias(self, which: str, b: Tensor | None, s_in: Tensor | None, w: Tensor) -> Tensor | None:
         """The quantized b_ih / b_hh (``which``): on the accumulator scale s_in·s_w
-        (clipped by an A2Q weight quantizer to fit beside the weights) or its own."""
+        (clipped by an A2Q weight quantizer to fit beside the weights) or its own.
+        Float while the bias quantizer is off (calibration) or the input scale is not
+        known yet (``s_in`` None: a learned scale before its first batch)."""
         bq = getattr(self, f"bias_{which}_quant")
         if b is None or not isinstance(bq, BiasQuantizer):
             return bq(b) if b is not None else None
+        if bq.state == "float" or s_in is None:
+            return b
         wq = getattr(self, f"weight_{which}_quant")
         s_acc = (s_in * wq.scale_for(w)).reshape(-1)
         if isinstance(wq, A2QWeightQuantizer):
