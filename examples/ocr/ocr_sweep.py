@@ -178,8 +178,8 @@ def table(result: dict[str, Any]) -> str:
     """The Markdown table of a :func:`run` result."""
     lines = [
         "| config | LSTM | test CER % | CER % before QAT | LUT | DSP | BRAM18 "
-        "| weight memory (kbit) | MBOPs / line | costed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| weight memory (kbit) | MBOPs / line | cycles / line | fits | costed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in result["rows"]:
         calibrated = "–" if "cer_initial" not in r else f"{100 * r['cer_initial']:.1f}"
@@ -187,6 +187,7 @@ def table(result: dict[str, Any]) -> str:
             f"| {r['config']} | {r.get('lstm', 'LSTM (float)')} | {100 * r['cer']:.2f} "
             f"| {calibrated} | {r['luts']:,} | {r['dsps']} | {r['bram18']} "
             f"| {r['weight_memory_bits'] / 1e3:.1f} | {r['bops'] / 1e6:.1f} "
+            f"| {r['cycles_per_frame']:,} | {'yes' if r['fits'] else 'no'} "
             f"| {_costed(r['counted_layers'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -220,7 +221,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     p.add_argument("--out", type=Path, default=None, help="where results.json / table.md go")
     p.add_argument("--cache", type=Path, default=None, help="float checkpoint folder")
+    p.add_argument("--table", type=Path, default=None, help="rewrite table.md from results.json")
     args = p.parse_args(argv)
+    if args.table is not None:
+        result = json.loads(args.table.read_text())
+        write(result, args.table.parent)
+        return result
     s = dataclasses.replace(QUICK) if args.quick else Settings()
     if args.out is not None:
         s.out = args.out
