@@ -126,16 +126,28 @@ def test_errors(call, match):
         call()
 
 
-def test_fit_ctc_learns_a_tiny_set():
+def test_fit_ctc_lowers_the_loss():
     torch.manual_seed(0)
-    d = text_lines(n_train=600, n_test=100, seed=1, length=(2, 4), font_size=(18, 20))
-    model = TextLineBiLSTM(d.n_classes, hidden=48)
-    test = d.test.loader(100)
+    d = text_lines(400, 50, seed=1, length=(2, 4))
+    model = TextLineBiLSTM(d.n_classes, hidden=32)
+    r = fit_ctc(model, d.train.loader(16, shuffle=True), d.test.loader(50), epochs=3,
+                lr=3e-3, progress=False)  # fmt: skip
+    assert len(r.history) == 3 and all(math.isfinite(h["loss"]) for h in r.history)
+    assert r.history[-1]["loss"] < 0.8 * r.history[0]["loss"], r.history
+
+
+@pytest.mark.slow
+def test_fit_ctc_learns_to_read():
+    """≈ 1.5 min: 4000 lines, 12 epochs (CTC sits on its all-blank plateau for the
+    first ~700 steps, so no seconds-long run gets past it)."""
+    torch.manual_seed(0)
+    d = text_lines(4000, 500, seed=0)
+    model = TextLineBiLSTM(d.n_classes)
+    test = d.test.loader(128)
     untrained = evaluate_ctc(model, test)
-    r = fit_ctc(model, d.train.loader(16, shuffle=True), test, epochs=6, lr=1e-2, progress=False)
-    assert len(r.history) == 6 and all(math.isfinite(h["loss"]) for h in r.history)
-    assert untrained >= 0.9
-    assert r.test_cer < 0.5, r.history
+    r = fit_ctc(model, d.train.loader(32, shuffle=True), test, epochs=12, clip_norm=5.0,
+                progress=False)  # fmt: skip
+    assert untrained >= 0.9 and r.test_cer < 0.2, r.history
 
 
 def test_fit_ctc_errors():
