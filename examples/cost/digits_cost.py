@@ -58,7 +58,8 @@ def main() -> None:
                 "luts": report.luts,
                 "dsps": report.dsps,
                 "bram18": report.bram18,
-                "bops": report.bops,
+                "bops_psqs": report.bops_psqs,
+                "bops_qonnx": report.bops_qonnx,
                 "weight_memory_bits": report.weight_memory_bits,
                 "fits": report.fits,
             }
