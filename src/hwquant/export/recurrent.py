@@ -122,7 +122,7 @@ def expand_recurrences(proto: onnx.ModelProto, model: nn.Module, form: str) -> i
         B = B if isinstance(B, int) else 2
         body = _uniquely_named(_step_graph(model, layer, key, B), f"{n.name or path}_{key}")
         if form == "scan":
-            nodes.append(_scan(n, body, reverse, layer.n_states))
+            nodes.append(_scan(n, body, reverse))
         else:
             T = shapes.get(n.input[0], (None,))[0]
             if not isinstance(T, int):
@@ -143,6 +143,7 @@ def expand_recurrences(proto: onnx.ModelProto, model: nn.Module, form: str) -> i
 
 
 def _shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
+    """{tensor: its shape (ints, or dim_param names)} from the graph's value_info."""
     out = {}
     for v in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
         dims = v.type.tensor_type.shape.dim
@@ -170,7 +171,9 @@ def _uniquely_named(body: onnx.GraphProto, prefix: str) -> onnx.GraphProto:
     return out
 
 
-def _scan(n: Any, body: onnx.GraphProto, reverse: bool, n_states: int) -> Any:
+def _scan(n: Any, body: onnx.GraphProto, reverse: bool) -> Any:
+    """The Scan node replacing placeholder ``n`` (states h[, c], Ŵ_hh, b̂_hh; scan
+    input ax; the reverse direction scans backwards)."""
     from onnx import helper
 
     # placeholder inputs: ax, w, b, state...; Scan: states (h[, c], w, b), then ax
