@@ -65,6 +65,35 @@ class _BufferGuard:
                 b.copy_(old)
 
 
+def _update(loss, opt, sched, buffers: _BufferGuard, where: tuple, clip=None) -> float:
+    """One optimizer step on ``loss`` (gradient-norm clipped when ``clip`` = (model,
+    max norm)); its value. A non-finite loss restores the buffers and raises a
+    ValueError naming ``where`` = (function, epoch, step, advice) before any backward
+    or update (the message is only built then: this is the per-step hot path)."""
+    value = float(loss.detach())  # the one host sync per step, before the update
+    if not math.isfinite(value):
+        buffers.undo_nonfinite()
+        name, epoch, step, advice = where
+        raise ValueError(
+            f"{name}: the loss is {value} at epoch {epoch + 1}, step {step + 1}: stopped "
+            f"before updating the model, {advice}"
+        )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(clip[0].parameters(), clip[1])
+    opt.step()
+    sched.step()
+    return value
+
+
+_FIT_ADVICE = (
+    "which keeps its last finite weights and scales (lower lr, check the data, or widen "
+    "the formats)"
+)
+_CTC_ADVICE = "which keeps its last finite weights (lower lr or clip_norm, or widen the formats)"
+
+
 def fit(
     model: nn.Module,
     train: DataLoader,
@@ -106,19 +135,7 @@ def fit(
             loss = loss_fn(run(x.to(device)), y.to(device))
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
-            value = float(loss.detach())  # the one host sync per step, before the update
-            if not math.isfinite(value):
-                buffers.undo_nonfinite()
-                raise ValueError(
-                    f"fit: the loss is {value} at epoch {epoch + 1}, step {step + 1}: stopped "
-                    "before updating the model, which keeps its last finite weights and scales "
-                    "(lower lr, check the data, or widen the formats)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += value
+            total += _update(loss, opt, sched, buffers, ("fit", epoch, step, _FIT_ADVICE))
         acc = evaluate(model, test)
         history.append({"epoch": epoch + 1, "loss": total / len(train), "test_accuracy": acc})
         bar.set_postfix(loss=f"{total / len(train):.3f}", acc=f"{acc:.4f}")
@@ -229,20 +246,9 @@ def fit_ctc(
                 blank=0,
                 zero_infinity=True,
             )
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                buffers.undo_nonfinite()
-                raise ValueError(
-                    f"fit_ctc: the loss is {value} at epoch {epoch + 1}, step {step + 1}: "
-                    "stopped before updating the model (lower lr or clip_norm, or widen "
-                    "the formats)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-            opt.step()
-            sched.step()
-            total += value
+            total += _update(
+                loss, opt, sched, buffers, ("fit_ctc", epoch, step, _CTC_ADVICE), (model, clip_norm)
+            )
         cer = evaluate_ctc(model, test)
         history.append({"epoch": epoch + 1, "loss": total / len(train), "test_cer": cer})
         bar.set_postfix(loss=f"{total / len(train):.3f}", cer=f"{cer:.4f}")
