@@ -125,7 +125,9 @@ def test_a2q_plus_centres_and_is_looser():
 def test_penalty_and_gradients():
     layer, shape = layers(A2Q, 10)[2]
     wq = layer.weight_quant
-    assert float(wq.penalty().detach()) == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():  # g inside the budget: no penalty
+        wq.norm_param.copy_(torch.log2(wq.max_norm() / 2))
+    assert float(wq.penalty().detach()) == 0.0
     with torch.no_grad():
         wq.norm_param.add_(3.0)  # g drifts above the clamp
     pen = a2q_penalty(nn.Sequential(layer))
@@ -249,3 +251,34 @@ def test_quantize_recipe_ep_init_and_cost_model_reads_the_target():
     report = cost(m, (1, 64))
     assert [lc.accumulator.a2q for lc in report.layers] == [12, 12]
     assert "A2Q12" in A2Q(W4, accumulator_bits=12).short()
+
+
+@pytest.mark.parametrize("spec", [A2Q, A2QPlus])
+@pytest.mark.parametrize("layer_cls", ["linear", "conv", "convT"])
+def test_fused_forward_matches_two_step_path(spec, layer_cls):
+    """The one-node training forward (_A2QFakeQuant) gives the values and the gradients
+    (weight, log2 g, log2 s) of effective_weight followed by the plain fake quantizer,
+    with channels both inside and held by the clamp."""
+    torch.manual_seed(3)
+    ls = LayerSpec(input=A4U, weight=spec(W4, accumulator_bits=11))
+    layer = {
+        "linear": lambda: QuantLinear(48, 6, bias=False, spec=ls),
+        "conv": lambda: QuantConv2d(4, 6, 3, bias=False, spec=ls),
+        "convT": lambda: QuantConvTranspose2d(6, 4, 3, bias=False, spec=ls),
+    }[layer_cls]().double()
+    wq = layer.weight_quant
+    with torch.no_grad():
+        wq.norm_param[:2] -= 4.0  # these channels are inside the budget
+    assert wq._fused
+    results = []
+    for fused in (True, False):
+        wq._fused = fused
+        params = (layer.weight, wq.norm_param, wq.scale_param)
+        for p in params:
+            p.grad = None
+        y = wq(layer.weight)
+        (y * torch.linspace(-1, 2, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        results.append([y.detach()] + [p.grad.clone() for p in params])
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1:], results[1][1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -206,7 +206,7 @@ def _emit_layer_params(layer: QuantWeightLayer, path: str, saved: list, params: 
         p = QuantParams(pre + "bias_quant", bq.spec, s_acc.detach().reshape(-1).clone(), None)
         fn = _emitter_for(p)
         params[p.path] = p
-        _set(saved, layer, "quant_bias", lambda: fn(bias, p))
+        _set(saved, layer, "quant_bias", lambda w_hat=None: fn(bias, p))
 
 
 def _emit_recurrent(layer: nn.Module, path: str, saved: list, params: dict) -> None:

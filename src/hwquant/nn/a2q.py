@@ -11,8 +11,14 @@ so ‖q_c‖₁ ≤ ‖w_c‖₁/s_c = g_c/s_c ≤ T by construction (truncation
 shrink magnitudes): every dot product Σ x·q of N-bit inputs fits a P-bit signed
 accumulator. T = (2^(P−1) − 1)·2^(1_s − N) for A2Q and (2^P − 2)/(2^N − 1) for A2Q+,
 where zero-centring also bounds each sign half by T/2, which is what A2Q+ needs
-(:mod:`hwquant.core.accumulator`). The clamp keeps a relative margin of 1e-6 below T
-and the normalization runs in float64 so float32 round-off cannot push ‖q‖₁ over T.
+(:mod:`hwquant.core.accumulator`).
+
+The normalization runs in the weight's dtype with float64 sums, and the clamp keeps a
+relative margin of 1e-6 below T: a float32 w and w/s carry at most 6 roundings of
+relative 2^-24 each (3.6e-7 < 1e-6), so ‖q‖₁ ≤ T holds despite round-off. For A2Q+ the
+divisor is ‖r‖₁ + |Σ r| (Σ r = 0 exactly for exact centring; its round-off is what
+the second term absorbs, detached), so each sign half of w is at most g/2 however
+inexactly float32 centres a long row.
 
 The bias shares the accumulator. A layer whose bias is quantized on the accumulator
 scale (code b = round(bias/(s_in·s_w))) clips it, on every forward pass, to the codes
@@ -36,10 +42,13 @@ grid the weight format with round-toward-zero, and its input (what the export pa
 writes a ``Quant`` node for) the effective weight w — an ordinary QONNX ``Quant``
 (rounding_mode ``DOWN``) on a float weight.
 
-Initialization from a float model: ``hwquant.quantize`` gives g = min(‖r‖₁, T·s) (the
-float channel scaled down uniformly where it exceeds the budget — at small P often to
-all-zero codes); :func:`ep_init` projects each channel onto the L1 ball of radius s·T
-instead (A2Q+ paper), and :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
+Initialization from a float model (``hwquant.quantize``): s = max|r|/q_max and
+g = ‖r‖₁ per channel (as in the A2Q papers). Where ‖r‖₁ exceeds the budget T·s the
+clamp holds g at T·s, so the codes start on the whole budget in the float channel's
+direction, and g only takes over once training brings the channel inside. (Starting g
+at the clamp instead, where its gradient can shrink it, cost up to 9 points of digits
+accuracy at P = 10–11; ``benchmarks/peers.py``.) :func:`ep_init` projects each channel
+onto the L1 ball of radius s·T instead (A2Q+ paper), and :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
 codes from data (:meth:`~A2QWeightQuantizer.freeze_codes`; :func:`unfreeze` resumes
 QAT from them). Layers build the quantizer from an A2Q weight spec and their input
 quantizer; other matmuls (e.g. recurrent gates) can build one directly with
@@ -172,13 +181,15 @@ class A2QWeightQuantizer(Quantizer):
 
     # ---------------------------------------------------------------- rows
     def _rows(self, v: Tensor) -> Tensor:
-        """[C, K'] float64 rows, one per output channel (zero-centred for A2Q+)."""
-        rows = v.movedim(self.axis, 0).reshape(self.channels, -1).double()
+        """[C, K'] rows in v's dtype, one per output channel (zero-centred for A2Q+)."""
+        rows = self._rows_raw(v)
         return rows - rows.mean(1, keepdim=True) if self.zero_centre else rows
 
     def _unrows(self, rows: Tensor, like: Tensor) -> Tensor:
-        shape = like.movedim(self.axis, 0).shape
-        return rows.to(like.dtype).reshape(shape).movedim(0, self.axis)
+        rows = rows.to(like.dtype)
+        if self.axis == 0:
+            return rows.reshape(like.shape)
+        return rows.reshape(like.movedim(self.axis, 0).shape).movedim(0, self.axis)
 
     def _scale_rows(self) -> Tensor:
         return self.scale().reshape(self.channels)
@@ -193,13 +204,10 @@ class A2QWeightQuantizer(Quantizer):
         return torch.minimum(torch.exp2(self.norm_param), self.max_norm())
 
     def effective_weight(self, v: Tensor) -> Tensor:
-        """w = g·r/‖r‖₁ per channel (r = v, or v − mean(v) for A2Q+), in v's layout."""
-        rows = self._rows(v)
-        g = self.norm().double()
-        # ‖w‖₁ ≤ g still holds with the floor, which keeps the gradient of an (almost)
-        # all-zero channel finite (g / ‖r‖₁ would overflow).
-        factor = g / torch.maximum(rows.abs().sum(1), g * 1e-6)
-        return self._unrows(rows * factor.unsqueeze(1), v)
+        """w = g·r/‖r‖₁ per channel (r = v, or v − mean(v) for A2Q+), in v's layout
+        (round-off: module docstring)."""
+        w, _, _ = _normalized(self._rows(v), self.norm(), self.zero_centre)
+        return self._unrows(w, v)
 
     def _frozen_weight(self, v: Tensor) -> Tensor:
         return v
@@ -210,9 +218,18 @@ class A2QWeightQuantizer(Quantizer):
         self._weight_fn = (
             self._frozen_weight if frozen is not None and bool(frozen) else self.effective_weight
         )
+        self._fused = self._weight_fn == self.effective_weight and self.grid.saturating
 
     def forward(self, v: Tensor) -> Tensor:
+        if self._fused and self._forward == self._forward_static:
+            # one autograd node, the values of the two-step path below (_A2QFakeQuant)
+            a = torch.exp2(self.norm_param)
+            out = _A2QFakeQuant.apply(self._rows_raw(v), a, self._scale_rows(), self)
+            return self._unrows(out, v)
         return self._forward(self._weight_fn(v))
+
+    def _rows_raw(self, v: Tensor) -> Tensor:
+        return (v if self.axis == 0 else v.movedim(self.axis, 0)).reshape(self.channels, -1)
 
     # ---------------------------------------------------------------- initialization
     @torch.no_grad()
@@ -225,20 +242,17 @@ class A2QWeightQuantizer(Quantizer):
         self._set_forward()
 
     def _init_scale(self, rows: Tensor) -> Tensor:
-        # max|r| maps to q_max + 1/2: the top code survives truncation despite round-off.
-        return (rows.abs().amax(1) / (self.grid.hi + 0.5)).clamp(min=EPS)
+        return (rows.abs().amax(1) / self.grid.hi).clamp(min=EPS)
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:
-        """s from max|r| per channel, g = min(‖r‖₁, T·s): the float weight scaled down
-        uniformly where it exceeds the budget (use :meth:`ep_init` to project instead)."""
+        """s = max|r|/q_max and g = ‖r‖₁ per channel: where that exceeds the budget the
+        clamp holds g at T·s (module docstring; :meth:`ep_init` projects instead)."""
         check_finite(x, f"weight of {self.owner}")
         if bool(getattr(self, "frozen", False)):
             self.frozen.fill_(False)
-        rows = self._rows(x.detach())
-        s = self._init_scale(rows)
-        limit = s * (self.l1_bound * (1.0 - MARGIN))
-        self._set_state(s, torch.minimum(rows.abs().sum(1), limit))
+        rows = self._rows(x.detach().double())
+        self._set_state(self._init_scale(rows), rows.abs().sum(1))
 
     @torch.no_grad()
     def ep_init(self, v: Tensor) -> Tensor:
@@ -247,7 +261,7 @@ class A2QWeightQuantizer(Quantizer):
         s·T). Returns the projected weight (v's layout) for the caller to store."""
         check_finite(v, f"weight of {self.owner}")
         self.frozen.fill_(False)
-        rows = self._rows(v.detach())
+        rows = self._rows(v.detach().double())
         s = self._init_scale(rows)
         radius = s * (self.l1_bound * (1.0 - MARGIN))
         proj = project_l1_ball(rows, radius)
@@ -298,16 +312,20 @@ class A2QWeightQuantizer(Quantizer):
 
     # ---------------------------------------------------------------- the bias
     @torch.no_grad()
-    def bias_code_range(self, v: Tensor) -> tuple[Tensor, Tensor]:
+    def bias_code_range(self, v: Tensor, w_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per channel, the bias codes [lo, hi] (int64 [C], accumulator scale) that keep
         b + Σ x·q within the P-bit register for every input of the format, given the
         current codes q of ``v`` (module docstring): lo = −2^(P−1) − min Σ x·q,
-        hi = 2^(P−1) − 1 − max Σ x·q."""
+        hi = 2^(P−1) − 1 − max Σ x·q. ``w_hat``: the fake-quantized weight of ``v``
+        when the caller has it (its codes are read instead of recomputed)."""
         fmt = self.input_format
-        y_min, y_max = worst_case_range(self.code_rows(v), fmt.min_int, fmt.max_int)
+        codes = self.code_rows(v) if w_hat is None else self._codes_of(w_hat)
+        y_min, y_max = worst_case_range(codes, fmt.min_int, fmt.max_int)
         return bias_code_range(y_min, y_max, self.accumulator_bits)
 
-    def clip_bias(self, bias: Tensor, acc_scale: Tensor, v: Tensor) -> Tensor:
+    def clip_bias(
+        self, bias: Tensor, acc_scale: Tensor, v: Tensor, w_hat: Tensor | None = None
+    ) -> Tensor:
         """``bias`` (float, [C]) clipped to s_acc·[lo, hi] (:meth:`bias_code_range`), so
         that its code on the accumulator scale ``acc_scale`` (s_in·s_w) fits beside the
         weights ``v``. Unchanged when the bias is applied after the accumulator, when
@@ -319,9 +337,10 @@ class A2QWeightQuantizer(Quantizer):
             return bias
         if self._forward == self._forward_float:
             return bias
-        lo, hi = self.bias_code_range(v)
+        lo, hi = self.bias_code_range(v, w_hat)
         s = acc_scale.reshape(-1)
-        return torch.clamp(bias, _inward(lo, bias.dtype) * s, _inward(hi, bias.dtype) * s)
+        bits, dtype = self.accumulator_bits, bias.dtype
+        return torch.clamp(bias, _inward(lo, dtype, bits) * s, _inward(hi, dtype, bits) * s)
 
     # ---------------------------------------------------------------- training aids
     def penalty(self) -> Tensor:
@@ -334,6 +353,12 @@ class A2QWeightQuantizer(Quantizer):
         layout, with their scale (:meth:`Quantizer.codes`; ValueError when disabled)."""
         with torch.no_grad():
             return super().codes(self._weight_fn(v.detach()))
+
+    @torch.no_grad()
+    def _codes_of(self, w_hat: Tensor) -> Tensor:
+        """[C, K'] integer codes of the fake-quantized weight ``w_hat`` (= s·q)."""
+        q = torch.round(w_hat.detach() / self.scale().detach())
+        return (q if self.axis == 0 else q.movedim(self.axis, 0)).reshape(self.channels, -1)
 
     @torch.no_grad()
     def code_rows(self, v: Tensor) -> Tensor:
@@ -379,12 +404,73 @@ class A2QWeightQuantizer(Quantizer):
         )
 
 
-def _inward(bound: Tensor, dtype: torch.dtype) -> Tensor:
+def _normalized(rows: Tensor, g: Tensor, zero_centre: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(w, factor, divisor): w = rows·factor with factor = g/divisor per row, divisor =
+    max(‖r‖₁ (+ |Σ r| detached, A2Q+), g·1e-6) in float64 (module docstring). The one
+    formula of :meth:`A2QWeightQuantizer.effective_weight` and :class:`_A2QFakeQuant`."""
+    l1 = rows.abs().sum(1, dtype=torch.float64)
+    if zero_centre:
+        l1 = l1 + rows.detach().sum(1, dtype=torch.float64).abs()
+    g64 = g.double()
+    # ‖w‖₁ ≤ g still holds with the floor, which keeps the gradient of an (almost)
+    # all-zero channel finite (g / ‖r‖₁ would overflow).
+    divisor = torch.maximum(l1, g64 * 1e-6)
+    factor = (g64 / divisor).to(rows.dtype)
+    return rows * factor.unsqueeze(1), factor, divisor
+
+
+class _A2QFakeQuant(torch.autograd.Function):
+    """ŵ = s·trunc(clamp(w/s, ±q_max)) of w = g·r/‖r‖₁, g = min(a, T·s), as one
+    autograd node: the same values as ``_forward_static(effective_weight(v))`` (the
+    same ops in the same order) and the gradients autograd derives for that path
+    (straight-through for w, LSQ for s; checked against it in the tests). Per call it
+    saves some thirty small autograd nodes, which dominate the step of a small model.
+
+    Inputs: v rows [C, K] (not yet centred), a = 2^γ [C], s [C], the quantizer."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, a: Tensor, s: Tensor, q: A2QWeightQuantizer) -> Tensor:  # type: ignore[override]
+        r = v - v.mean(1, keepdim=True) if q.zero_centre else v
+        m = s * (q.l1_bound * (1.0 - MARGIN))
+        clamped = a > m
+        g = torch.where(clamped, m, a)
+        w, factor, divisor = _normalized(r, g, q.zero_centre)
+        s2 = s.unsqueeze(1)
+        u = w / s2
+        c = u.clamp(q.grid.lo, q.grid.hi)
+        codes = q.grid.fn(c)
+        inside = c == u
+        ctx.save_for_backward(r, u, codes, inside, factor, divisor, g, clamped)
+        ctx.zero_centre, ctx.bound = q.zero_centre, q.l1_bound * (1.0 - MARGIN)
+        return codes * s2
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        r, u, codes, inside, factor, divisor, g, clamped = ctx.saved_tensors
+        gw = grad * inside  # straight-through inside the code range
+        gs = (grad * torch.where(inside, codes - u, codes)).sum(1)  # LSQ
+        gf = (gw * r).sum(1, dtype=torch.float64)
+        live = divisor > g.double() * 1e-6  # the floor makes factor a constant
+        gg = torch.where(live, gf / divisor, 0.0)
+        gl1 = torch.where(live, -gf * factor.double() / divisor, 0.0)
+        gr = gw * factor.unsqueeze(1) + gl1.to(r.dtype).unsqueeze(1) * torch.sign(r)
+        if ctx.zero_centre:
+            gr = gr - gr.mean(1, keepdim=True)
+        gg = gg.to(g.dtype)
+        ga = torch.where(clamped, 0.0, gg)
+        gs = gs + torch.where(clamped, gg, 0.0) * ctx.bound
+        return gr, ga, gs, None
+
+
+def _inward(bound: Tensor, dtype: torch.dtype, bits: int) -> Tensor:
     """Integer bounds in ``dtype``, moved toward 0 by a few ulps of their magnitude, so
     that a bias clipped to s·bound and quantized (round(b/s)) in that precision, and
     its code recovered from the float value in float64, never lands outside [lo, hi]
-    (exact, no move, below 2^20 codes in float32)."""
+    (exact, no move, below 2^20 codes in float32). The bounds of a ``bits``-bit
+    accumulator lie within ±2^(bits−1), so at most 20 bits (float32) nothing moves."""
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    if 2.0 ** (bits - 1) * 8 * eps < 1:
+        return bound.to(dtype)
     b = bound.double()
     slack = torch.floor(b.abs() * (8 * eps))
     return (b - torch.sign(b) * slack).to(dtype)

@@ -59,7 +59,9 @@ class _QuantConvNd(QuantWeightLayer):
         self._setup_quant(spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self._conv_forward(self.input_quant(x), self.quant_weight(), self.quant_bias())
+        x = self.input_quant(x)
+        w = self.quant_weight()
+        y = self._conv_forward(x, w, self.quant_bias(w))
         return self.output_quant(y)
 
     float_kwargs = staticmethod(_conv_kwargs)

@@ -194,17 +194,20 @@ class QuantWeightLayer(QuantLayer):
             self.apply_weight_mask()
         return self
 
-    def _bias_float(self) -> Tensor | None:
+    # quant_bias(w_hat=None) is one of these three: ``w_hat``, the quantized weight of
+    # the same forward pass, saves A2Q layers from quantizing the weight again.
+    def _bias_float(self, w_hat: Tensor | None = None) -> Tensor | None:
         return self.bias
 
-    def _bias_own_scale(self) -> Tensor:
+    def _bias_own_scale(self, w_hat: Tensor | None = None) -> Tensor:
         return self.bias_quant(self.bias)
 
-    def accumulator_bias(self, s_acc: Tensor) -> Tensor:
+    def accumulator_bias(self, s_acc: Tensor, w_hat: Tensor | None = None) -> Tensor:
         """The float bias that goes onto the accumulator scale ``s_acc``: A2Q layers
-        clip it so that b + Σ x·q fits their P-bit accumulator."""
+        clip it so that b + Σ x·q fits their P-bit accumulator (given the codes of
+        ``w_hat``, the layer's quantized weight, when the caller has it)."""
         if isinstance(self.weight_quant, A2QWeightQuantizer):
-            return self.weight_quant.clip_bias(self.bias, s_acc, self.weight)
+            return self.weight_quant.clip_bias(self.bias, s_acc, self.weight, w_hat)
         return self.bias
 
     def accumulator_scale(self, weight: Tensor | None = None) -> Tensor:
@@ -219,9 +222,9 @@ class QuantWeightLayer(QuantLayer):
         d = wq.code_multiplier()  # None (minifloat weights): no integer codes, s_in·s_w
         return s if d is None or (isinstance(d, int) and d == 1) else s / d
 
-    def _bias_on_accumulator_scale(self) -> Tensor:
+    def _bias_on_accumulator_scale(self, w_hat: Tensor | None = None) -> Tensor:
         s_acc = self.accumulator_scale()
-        return self.bias_quant(self.accumulator_bias(s_acc), s_acc)
+        return self.bias_quant(self.accumulator_bias(s_acc, w_hat), s_acc)
 
     @torch.no_grad()
     def reset_weight_scale(self) -> None:

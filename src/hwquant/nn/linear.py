@@ -37,9 +37,9 @@ class QuantLinear(QuantWeightLayer, nn.Linear):
         self._setup_quant(spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output_quant(
-            F.linear(self.input_quant(x), self.quant_weight(), self.quant_bias())
-        )
+        x = self.input_quant(x)
+        w = self.quant_weight()
+        return self.output_quant(F.linear(x, w, self.quant_bias(w)))
 
     @staticmethod
     def float_kwargs(m: nn.Linear) -> dict:
