@@ -303,7 +303,8 @@ def test_quantizer_state_is_a_public_value():
     weight_state = "static" if W4.scale.learned else "dynamic"  # learned: a parameter
     assert q.state == "uninitialized" and layer.weight_quant.state == weight_state
     layer(torch.randn(8, 4))
-    assert q.state == "static"
+    assert q.state == "warmup" and q.spec.scale.warmup  # training-mode batches set it
+    assert layer.eval().input_quant.state == "static"
     with hwquant.calibration(layer):
         assert q.state == "observing"
         layer(torch.randn(8, 4))

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from hwquant.algorithms.common import register
-from hwquant.nn.a2q import a2q_layers
+from hwquant.nn.a2q import ep_init, unfreeze
 
 __all__ = ["EPInitConfig", "EPInitReport", "apply", "ep_init", "unfreeze"]
 
@@ -42,26 +41,3 @@ def apply(model: nn.Module, data=None, config: EPInitConfig | None = None) -> EP
 
     ``data`` and ``config`` are unused (the signature every algorithm shares)."""
     return EPInitReport(ep_init(model))
-
-
-@torch.no_grad()
-def ep_init(model: nn.Module) -> list[str]:
-    """Euclidean-projection init of every A2Q layer of ``model``, in place (the
-    weights are replaced by their projection). Returns the layer paths."""
-    done = []
-    for path, layer, q in a2q_layers(model):
-        layer.weight.copy_(q.ep_init(layer.weight))
-        done.append(path)
-    return done
-
-
-@torch.no_grad()
-def unfreeze(model: nn.Module) -> list[str]:
-    """:meth:`~A2QWeightQuantizer.unfreeze` every frozen A2Q layer of ``model`` in place
-    (QAT from accumulator-aware PTQ codes). Returns the layer paths."""
-    done = []
-    for path, layer, q in a2q_layers(model):
-        if bool(q.frozen):
-            layer.weight.copy_(q.unfreeze(layer.weight))
-            done.append(path)
-    return done

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from hwquant.nn.a2q import A2QWeightQuantizer
+from hwquant.nn.a2q import A2QWeightQuantizer, a2q_penalty, check_bounds, ep_init, unfreeze
 from hwquant.nn.activation import (
     QuantAct,
     QuantHardtanh,
@@ -57,8 +57,12 @@ __all__ = [
     "QuantWeightLayer",
     "Quantizer",
     "RecurrentQuantizers",
+    "a2q_penalty",
+    "check_bounds",
+    "ep_init",
     "kind_of",
     "kinds",
+    "unfreeze",
     "weight_kinds",
 ]
 

@@ -98,7 +98,9 @@ __all__ = [
     "a2q_penalty",
     "accumulator_bias_codes",
     "check_bounds",
+    "ep_init",
     "layer_label",
+    "unfreeze",
 ]
 
 #: relative margin kept below the L1 budget T (absorbs float32 round-off).
@@ -567,6 +569,29 @@ def accumulator_bias_codes(layer: nn.Module) -> Tensor | None:
     s_acc = layer.accumulator_scale(layer.weight)
     b = layer.quant_bias().detach().double()
     return torch.round(b / s_acc.detach().double().reshape(-1)).long()
+
+
+@torch.no_grad()
+def ep_init(model: nn.Module) -> list[str]:
+    """Euclidean-projection init of every A2Q layer of ``model``, in place (the
+    weights are replaced by their projection). Returns the layer paths."""
+    done = []
+    for path, layer, q in a2q_layers(model):
+        layer.weight.copy_(q.ep_init(layer.weight))
+        done.append(path)
+    return done
+
+
+@torch.no_grad()
+def unfreeze(model: nn.Module) -> list[str]:
+    """:meth:`~A2QWeightQuantizer.unfreeze` every frozen A2Q layer of ``model`` in place
+    (QAT from accumulator-aware PTQ codes). Returns the layer paths."""
+    done = []
+    for path, layer, q in a2q_layers(model):
+        if bool(q.frozen):
+            layer.weight.copy_(q.unfreeze(layer.weight))
+            done.append(path)
+    return done
 
 
 def a2q_penalty(model: nn.Module) -> Tensor:

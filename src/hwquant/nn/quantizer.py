@@ -154,6 +154,10 @@ class Quantizer(nn.Module):
         #: Fraction of the input below an unsigned range (clipped to 0) when the scale
         #: was last derived from data; None for signed / asymmetric / weight quantizers.
         self.clipped_fraction: float | None = None
+        #: training batches left in the statistics warm-up (ScaleSpec.warmup), and
+        #: the running sum of their scales
+        self._warmup_left = 0
+        self._warmup_sum: list = [None, 0]
         self.register_load_state_dict_post_hook(_after_load)
         self._set_forward()
 
@@ -173,7 +177,8 @@ class Quantizer(nn.Module):
         if self.dynamic:
             self._forward = self._forward_dynamic
         elif bool(self.initialized):
-            self._forward = self._forward_static
+            warm = getattr(self, "_warmup_left", 0) > 0  # absent while __init__ runs
+            self._forward = self._forward_warmup if warm else self._forward_static
         else:
             self._forward = self._forward_init
 
@@ -181,8 +186,9 @@ class Quantizer(nn.Module):
     def state(self) -> str:
         """What a call does now, as a value others may read: ``"float"`` (disabled),
         ``"observing"`` (calibration), ``"uninitialized"`` (the first batch sets the
-        scale), ``"dynamic"`` (a statistics scale from each tensor) or ``"static"``
-        (the stored / learned scale)."""
+        scale), ``"warmup"`` (training-mode batches set a learned scale from
+        statistics, ScaleSpec.warmup; in eval mode it is ``"static"``), ``"dynamic"`` (a statistics scale from each tensor) or
+        ``"static"`` (the stored / learned scale)."""
         f = self._forward
         if f == self._forward_float:
             return "float"
@@ -190,6 +196,8 @@ class Quantizer(nn.Module):
             return "observing"
         if f == self._forward_init:
             return "uninitialized"
+        if f == self._forward_warmup:  # an eval-mode call uses the stored scale
+            return "warmup" if self.training else "static"
         return "dynamic" if f == self._forward_dynamic else "static"
 
     def scale_zero_for(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -295,6 +303,7 @@ class Quantizer(nn.Module):
             )
         z = None if zero_point is None else torch.as_tensor(zero_point).reshape(self.scale_shape)
         self.fixed, self.dynamic = True, False
+        self._warmup_left = 0
         self._store(s.reshape(self.scale_shape), z)
 
     def init_from(self, x: Tensor) -> None:
@@ -386,6 +395,7 @@ class Quantizer(nn.Module):
             raise ValueError(f"quantizer {self.name!r} saw no data during calibration")
         rows = torch.cat(self._observed, dim=1)
         self._observed = []
+        self._warmup_left = 0
         if self._clips_negatives:
             neg, total = self._negatives
             self._note_clipping(float(neg) / float(total))
@@ -433,7 +443,25 @@ class Quantizer(nn.Module):
 
     def _forward_init(self, x: Tensor) -> Tensor:
         self.init_from(x)
+        if self.spec.scale.warmup:
+            self._warmup_left = self.spec.scale.warmup
+            self._warmup_sum = [self.scale().detach().clone(), 1]
+            self._set_forward()
         return self._forward_static(x)
+
+    def _forward_warmup(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._forward_static(x)
+        with torch.no_grad():
+            self._check_data(x, "input")
+            s, z = self._stats(x)
+            total, n = self._warmup_sum
+            self._warmup_sum = [total + s, n + 1]
+            self._warmup_left -= 1
+            self._store((total + s) / (n + 1), z)  # back to static after the last one
+        s = self.scale()
+        # a zero gradient, not none: DDP expects every parameter to receive one
+        return self.quantize(x, s + (s.detach() - s), self.zero_point())
 
     def _forward_observe(self, x: Tensor) -> Tensor:
         self._check_data(x, "calibration data")
@@ -486,6 +514,7 @@ class Quantizer(nn.Module):
 
 
 def _after_load(module: Quantizer, incompatible_keys) -> None:
+    module._warmup_left = 0  # a loaded scale is not warmed up again
     module._set_forward()
 
 

@@ -58,6 +58,10 @@ _LEARNED_LOG2 = ScaleSpec("max", learned=True, log2_domain=True)
 class A2Q(QuantSpec):
     """A2Q weight quantizer spec (Colbert et al., ICCV 2023).
 
+    ``A2Q(accumulator_bits=P)`` alone quantizes weights to **INT8** (narrow, per
+    output channel); give the format first for any other width, e.g.
+    ``A2Q(IntFormat(4, narrow=True), accumulator_bits=12)`` for 4-bit weights.
+
     Fields beyond :class:`QuantSpec`'s (keyword-only):
 
     accumulator_bits: P, the signed accumulator width to guarantee (2–64).

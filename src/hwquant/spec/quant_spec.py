@@ -239,6 +239,14 @@ class ScaleSpec:
         log2(s) instead (scale-invariant steps, as in A2Q).
     power_of_two: restrict the scale to 2^k (rounded up at init / in the
         log2 domain when learned), so re-scaling is a shift in hardware.
+    warmup: learned scales initialized lazily from data (the first forward pass of
+        an uncalibrated quantizer): for this many training batches after that the
+        scale is the running mean of the batches' statistics (``method``; no
+        gradient), and learned from then on, as Brevitas' runtime-statistics
+        scales do. While the weights move fast at the start of QAT, this keeps an
+        activation range from being left behind (with 4-bit A2Q at small P, a
+        scale learned from the first batch let some seeds collapse). 0 learns from
+        the first step. Calibrated, loaded and fixed scales skip it.
     """
 
     method: str = "max"
@@ -247,6 +255,7 @@ class ScaleSpec:
     learned: bool = False
     log2_domain: bool = False
     power_of_two: bool = False
+    warmup: int = 0
 
     def __post_init__(self) -> None:
         _one_of("ScaleSpec", "method", self.method, SCALE_METHODS)
@@ -270,6 +279,13 @@ class ScaleSpec:
         if self.log2_domain and not self.learned:
             raise ValueError(
                 "ScaleSpec.log2_domain is how a learned scale is trained: it needs learned=True"
+            )
+        w = self.warmup
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"ScaleSpec.warmup must be an int ≥ 0 (batches), got {w!r}")
+        if w and not self.learned:
+            raise ValueError(
+                "ScaleSpec.warmup is the start of a learned scale: it needs learned=True"
             )
 
 
@@ -321,6 +337,8 @@ class QuantSpec:
         parts = [self.format.name, str(self.granularity), self.scale.method]
         if self.scale.learned:
             parts.append("learned" + ("-log2" if self.scale.log2_domain else ""))
+            if self.scale.warmup:
+                parts.append(f"warmup={self.scale.warmup}")
         if self.scale.power_of_two:
             parts.append("pow2")
         if self.zero_point != "symmetric":
@@ -338,10 +356,16 @@ W4 = QuantSpec(IntFormat(4, narrow=True), per_channel(0), _LEARNED)
 W2 = QuantSpec(IntFormat(2, narrow=True), per_channel(0), _LEARNED)
 #: Activations: unsigned (after ReLU) or signed, per tensor, learned scales. With a signed
 #: spec, ``quantize`` makes the inputs the graph proves non-negative unsigned (a free bit).
-A8U = QuantSpec(IntFormat(8, signed=False), PER_TENSOR, ScaleSpec("percentile", learned=True))
-A4U = QuantSpec(IntFormat(4, signed=False), PER_TENSOR, ScaleSpec("percentile", learned=True))
-A8 = QuantSpec(IntFormat(8), PER_TENSOR, ScaleSpec("percentile", learned=True))
-A4 = QuantSpec(IntFormat(4), PER_TENSOR, ScaleSpec("percentile", learned=True))
+#: Activation presets: a per-tensor scale from the 99.99th percentile, following the
+#: running mean of that statistic for the first 100 training batches, then learned in
+#: the log2 domain (steps relative to the scale: Adam moves a small and a large scale
+#: alike). On the A2Q digits study this took 4-bit A2Q at P = 11 from 93.5 % (linear,
+#: no warm-up; one seed in five collapsed with log2 alone) to 96.2 %.
+_ACT_SCALE = ScaleSpec("percentile", learned=True, log2_domain=True, warmup=100)
+A8U = QuantSpec(IntFormat(8, signed=False), PER_TENSOR, _ACT_SCALE)
+A4U = QuantSpec(IntFormat(4, signed=False), PER_TENSOR, _ACT_SCALE)
+A8 = QuantSpec(IntFormat(8), PER_TENSOR, _ACT_SCALE)
+A4 = QuantSpec(IntFormat(4), PER_TENSOR, _ACT_SCALE)
 #: Minifloat presets (weights per channel, activations per tensor).
 W_FP8_E4M3 = QuantSpec(FP8_E4M3, per_channel(0), _LEARNED)
 A_FP8_E4M3 = QuantSpec(FP8_E4M3, PER_TENSOR, ScaleSpec("max", learned=True))
