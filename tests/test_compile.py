@@ -51,3 +51,23 @@ def test_torch_compile_gradients_match_eager():
     for name, a, b in zip(names, g_eager, g_comp, strict=True):
         rel = float((a - b).norm() / a.norm().clamp(min=1e-12))
         assert rel < 1e-4, (name, rel)  # summation order only (measured ≤ 1e-5)
+
+
+def test_fit_compiles_once_the_scales_have_warmed_up():
+    """fit(compile=True) runs eagerly while a scale warms up (its state changes every
+    batch: compiled, each would be a recompile), then compiles the model once."""
+    from dataclasses import replace
+
+    from hwquant.spec import A4, W4
+    from hwquant.training import _Compiled
+
+    acts = replace(A4, scale=ScaleSpec("percentile", learned=True, log2_domain=True, warmup=2))
+    torch.manual_seed(0)
+    model = hwquant.quantize(nn.Sequential(nn.Linear(8, 4)), Recipe.uniform(W4, acts)).train()
+    run = _Compiled(model)
+    x = torch.randn(16, 8)
+    for _ in range(3):  # the first batch initializes, the next two warm up
+        eager = run(x)
+        assert run.compiled is None
+    assert model[0].input_quant.state == "static"
+    assert run(x).shape == eager.shape and run.compiled is not None

@@ -94,6 +94,24 @@ _FIT_ADVICE = (
 _CTC_ADVICE = "which keeps its last finite weights (lower lr or clip_norm, or widen the formats)"
 
 
+class _Compiled:
+    """``model`` under torch.compile once its quantizers have settled (module docstring
+    of :func:`fit`); eager before."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from hwquant.nn.quantizer import Quantizer
+
+        self.model, self.compiled = model, None
+        self.quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            if any(q.state in ("uninitialized", "warmup") for q in self.quantizers):
+                return self.model(x)
+            self.compiled = torch.compile(self.model)
+        return self.compiled(x)
+
+
 def fit(
     model: nn.Module,
     train: DataLoader,
@@ -109,9 +127,12 @@ def fit(
     """Adam + cosine learning-rate decay; test accuracy after every epoch.
 
     ``extra_loss(model)`` is added to the loss (e.g. a regularizer or penalty).
-    ``compile`` runs the model under ``torch.compile``: for FPGA-sized models the
-    per-op overhead of eager quantizers dominates, and compiling removes most of
-    it (see ``benchmarks/qat_step.py``).
+    ``compile`` runs the model under ``torch.compile``, the fast path: for FPGA-sized
+    models the per-op overhead of eager quantizers dominates, and compiling removes
+    most of it (``benchmarks/qat_step.py``, ``benchmarks/peers.py``). Batches run
+    eagerly while a quantizer still initializes or warms its scale up
+    (``ScaleSpec.warmup``: its state changes every batch), then the model is
+    compiled once, as one graph per layer.
     With ``progress`` a tqdm bar shows the epoch, loss and accuracy.
     A non-finite loss (nan / inf) stops training with a ValueError naming the epoch
     and step, before that step's backward and update: no nan reaches the model.
@@ -121,7 +142,7 @@ def fit(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    run = torch.compile(model) if compile else model
+    run = _Compiled(model) if compile else model
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(train))
     history: list[dict[str, float]] = []

@@ -449,6 +449,9 @@ class Quantizer(nn.Module):
             self._set_forward()
         return self._forward_static(x)
 
+    # Not traced by torch.compile: its counter would be a new constant (a recompile)
+    # on every batch; the compiled graph calls it, and switches to the static path once.
+    @torch.compiler.disable
     def _forward_warmup(self, x: Tensor) -> Tensor:
         if not self.training:
             return self._forward_static(x)
