@@ -32,3 +32,33 @@ def test_ptq_benchmark_smoke():
 def test_rnn_benchmark_smoke():
     out = _load("rnn").run(T=4, B=2, H=8, features=3, steps=1)
     assert out["float_ms"] > 0 and out["ratio"] > 0 and out["quantizers"] >= 10
+
+
+def test_peers_benchmark_smoke():
+    """Both libraries train and step; every A2Q row's integer codes fit its P bits."""
+    import pytest
+
+    pytest.importorskip("brevitas")
+    b = _load("peers")
+    rows = b.accuracy(epochs=1, seeds=1, bits=(11,), progress=lambda _: None)
+    assert {r["library"] for r in rows} == {"hwquant", "brevitas"}
+    assert {(r["method"], r["P"]) for r in rows} == {("qat", None), ("a2q", 11), ("a2q+", 11)}
+    for r in rows:
+        assert 0 <= r["mean"] <= 100 and len(r["accuracies"]) == 1
+        if r["P"] is not None:
+            assert r["worst_bits"] <= r["P"], r
+    speed = b.speed(steps=1, warm=1, compile_=False)
+    assert set(speed) == set(b.WORKLOADS)
+    assert all(r["hwquant_ms"] > 0 and r["brevitas_ms"] > 0 for r in speed.values())
+
+
+def test_worst_case_bits_by_hand():
+    b = _load("peers")
+    # unsigned 4-bit x: Σ x·q ∈ [15·(−2), 15·(1 + 3)] = [−30, 60] → 7 bits (−64…63)
+    assert b.worst_case_bits(torch.tensor([[1.0, -2.0, 3.0]]), 4, False) == 7
+    # 1-bit unsigned x ∈ {0, 1}: the edges of the 8-bit range −128…127
+    for q, bits in ((127, 8), (128, 9), (-128, 8), (-129, 9)):
+        assert b.worst_case_bits(torch.tensor([[float(q)]]), 1, False) == bits
+    # signed 4-bit x ∈ [−8, 7]: q = [2] gives [−16, 14] → 5 bits (−16…15)
+    assert b.worst_case_bits(torch.tensor([[2.0]]), 4, True) == 5
+    assert b.worst_case_bits(torch.zeros(2, 3), 4, False) == 1
