@@ -15,7 +15,7 @@ Example:
 """
 
 from hwquant.export.levels import LevelCheck, check_levels
-from hwquant.export.qcdq import to_qcdq
+from hwquant.export.qcdq import to_qcdq, to_qonnx_and_qcdq
 from hwquant.export.qonnx import accumulator_bits, to_qonnx
 from hwquant.export.verify import BackendResult, VerifyReport, verify, with_batch
 
@@ -27,6 +27,7 @@ __all__ = [
     "check_levels",
     "to_qcdq",
     "to_qonnx",
+    "to_qonnx_and_qcdq",
     "verify",
     "with_batch",
 ]

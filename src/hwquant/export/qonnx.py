@@ -34,6 +34,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ORT_MAX_IR_VERSION",
+    "Capture",
     "accumulator_bits",
+    "capture",
+    "finish",
     "qonnx_proto",
     "recipe_of",
     "to_qonnx",
@@ -133,15 +137,47 @@ def qonnx_proto(
     dynamic_length: int | None = None,
 ) -> onnx.ModelProto:
     """The cleaned QONNX ``ModelProto`` that :func:`to_qonnx` writes (in memory)."""
-    from hwquant.export.recurrent import FORMS, expand_recurrences, has_recurrences
+    check_recurrent_form(recurrent, dynamic_length)
+    traced = capture(model, example_input, dynamic_batch, dynamic_length, cleanup=cleanup)
+    return finish(traced, model, recurrent, recipe, cleanup=cleanup)
 
-    inputs = as_inputs(example_input)
+
+@dataclass(frozen=True)
+class Capture:
+    """One trace of a model (:func:`capture`): its QONNX graph before recurrent loops
+    are expanded, whether it has any, and the model's accumulator widths."""
+
+    proto: onnx.ModelProto
+    loops: bool
+    accumulators: dict
+
+
+def check_recurrent_form(recurrent: str, dynamic_length: int | None) -> None:
+    """ValueError for an unknown recurrent form, or a dynamic length without a Scan."""
+    from hwquant.export.recurrent import FORMS
+
     if recurrent not in FORMS:
         raise ValueError(f"recurrent must be one of {list(FORMS)}, got {recurrent!r}")
     if dynamic_length is not None and recurrent != "scan":
         raise ValueError(
             "dynamic_length needs recurrent='scan' (an unrolled loop has a fixed length)"
         )
+
+
+def capture(
+    model: nn.Module,
+    example_input: Inputs,
+    dynamic_batch: bool = False,
+    dynamic_length: int | None = None,
+    *,
+    cleanup: bool = True,
+) -> Capture:
+    """Check and trace ``model`` once (the slow part of an export: torch.export and
+    torch's ONNX translation); :func:`finish` turns the capture into a QONNX graph as
+    often as needed (``to_qonnx_and_qcdq`` writes both formats from one capture)."""
+    from hwquant.export.recurrent import has_recurrences
+
+    inputs = as_inputs(example_input)
     with eval_mode(model):
         check_quantizers_ready(model)
         warn_ignored_subnormals(model)
@@ -150,13 +186,34 @@ def qonnx_proto(
         loops = has_recurrences(proto)
         if loops and cleanup:  # clean the small graph, expand the loops after
             proto = _qonnx_cleanup(proto)
-        expand_recurrences(proto, model, recurrent)
         acc = accumulator_bits(model)
+    return Capture(proto, loops, acc)
+
+
+def finish(
+    traced: Capture,
+    model: nn.Module,
+    recurrent: str = "unrolled",
+    recipe: Recipe | None = None,
+    *,
+    cleanup: bool = True,
+) -> onnx.ModelProto:
+    """The QONNX graph of a :func:`capture` (a copy: the capture stays as it was):
+    recurrent loops expanded in the ``recurrent`` form, qonnx's cleanup, metadata."""
+    import onnx
+
+    from hwquant.export.recurrent import expand_recurrences
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(traced.proto)
+    if traced.loops:
+        with eval_mode(model):
+            expand_recurrences(proto, model, recurrent)
     if cleanup:
         # qonnx's passes are quadratic in the node count: an unrolled loop gets only
         # shape and datatype inference (its step was traced clean, its names are unique)
-        proto = _qonnx_cleanup(proto, light=loops)
-    _stamp(proto, model, recipe, acc)
+        proto = _qonnx_cleanup(proto, light=traced.loops)
+    _stamp(proto, model, recipe, traced.accumulators)
     return proto
 
 
