@@ -4,7 +4,9 @@ The model: hwquant.export.zoo.ResNet8 (MLPerf Tiny's CIFAR-10 ResNet-8 shape:
 16/32/64 channels, 3 residual stages, 3×32×32 input; INT8 input, INT4 per-channel
 weights, UINT4 activations, Trunc average pooling), calibrated on random data.
 
-Timed (median of ``--repeats`` runs): QONNX export, QCDQ export, and verify on N
+Timed (median of ``--repeats`` runs): QONNX export, QCDQ export, both from one
+capture (``to_qonnx_and_qcdq``; also with torch's ONNX exporter in place of
+hwquant's own translation, the way every export went before), and verify on N
 random inputs with qonnx's executor (QONNX file) and onnxruntime (QCDQ file),
 each also as a ratio to one torch forward pass of the same N inputs (the
 baseline). hls4ml is not timed: it does not take this model (per-channel
@@ -23,10 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
-from hwquant.export import to_qcdq, to_qonnx, verify
+from hwquant.export import to_qcdq, to_qonnx, to_qonnx_and_qcdq, verify
 from hwquant.export.zoo import calibrate, resnet8
 
 SHAPE = (3, 32, 32)
@@ -53,6 +56,13 @@ def run(n: int = 1000, repeats: int = 3) -> dict[str, Any]:
             t_torch, _ = timed(lambda: model(x), repeats)
         t_qonnx, _ = timed(lambda: to_qonnx(model, x[:1], qpath, dynamic_batch=True), repeats)
         t_qcdq, _ = timed(lambda: to_qcdq(model, x[:1], cpath, dynamic_batch=True), repeats)
+
+        def both() -> None:
+            to_qonnx_and_qcdq(model, x[:1], qpath, cpath, dynamic_batch=True)
+
+        t_both, _ = timed(both, repeats)
+        with mock.patch("hwquant.export.qonnx.translate", lambda ep: None):
+            t_both_torch, _ = timed(both, repeats)  # torch.onnx.export translates
         t_vq, rq = timed(lambda: verify(model, qpath, x, backends=("qonnx", "hls4ml")), repeats)
         t_vc, rc = timed(lambda: verify(model, cpath, x, backends=("onnxruntime",)), repeats)
     return {
@@ -61,6 +71,8 @@ def run(n: int = 1000, repeats: int = 3) -> dict[str, Any]:
         "torch_forward_s": t_torch,
         "export_qonnx_s": t_qonnx,
         "export_qcdq_s": t_qcdq,
+        "export_both_s": t_both,
+        "export_both_torch_onnx_s": t_both_torch,
         "verify_qonnx_s": t_vq,
         "verify_onnxruntime_s": t_vc,
         "qonnx_exec_s": rq["qonnx"].seconds,
@@ -89,6 +101,11 @@ def main() -> None:
     print(f"  torch forward (baseline)   {r['torch_forward_s']:7.3f} s")
     print(f"  export QONNX               {r['export_qonnx_s']:7.3f} s")
     print(f"  export QCDQ                {r['export_qcdq_s']:7.3f} s")
+    print(
+        f"  export both, one capture   {r['export_both_s']:7.3f} s   (with torch's ONNX "
+        f"exporter: {r['export_both_torch_onnx_s']:.3f} s = "
+        f"{r['export_both_torch_onnx_s'] / r['export_both_s']:.1f}×)"
+    )
     print(
         f"  verify QONNX (qonnx exec)  {r['verify_qonnx_s']:7.3f} s   execute_onnx "
         f"{r['qonnx_exec_s']:.3f} s = {r['qonnx_vs_torch']:.1f}× torch, "

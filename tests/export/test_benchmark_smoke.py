@@ -13,3 +13,4 @@ def test_export_verify_benchmark_smoke():
     assert r["passed"] and r["qonnx_max_steps"] < 0.5 and r["onnxruntime_max_steps"] < 0.5
     assert 70_000 < r["params"] < 90_000  # ResNet-8 sized
     assert "Trunc" in r["hls4ml"]
+    assert r["export_both_s"] > 0 and r["export_both_torch_onnx_s"] > 0

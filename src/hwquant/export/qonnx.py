@@ -5,7 +5,8 @@ ops for everything else.
 The pipeline: check that every quantizer has a scale and that the example input
 fits (errors name the module path) → trace with ``torch.export`` while the
 quantizers emit QONNX nodes (:mod:`hwquant.export.emit`) → translate to ONNX
-(``torch.onnx.export``, dynamo) → qonnx's cleanup, shape and datatype inference →
+(:mod:`hwquant.export.translate` for the ops hwquant's layers produce, else
+``torch.onnx.export``, dynamo) → qonnx's cleanup, shape and datatype inference →
 metadata → write ``<path>.partial-<pid>`` next to ``path`` and rename it (a failed
 export leaves no file behind; see :func:`write_atomic`).
 
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 from hwquant.algorithms.common import eval_mode
 from hwquant.export import ops
 from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, check_ready, emitting
+from hwquant.export.translate import translate
 from hwquant.nn.codes import accumulator_bits
 from hwquant.nn.quantizer import Quantizer
 from hwquant.spec import serialize
@@ -310,7 +312,11 @@ def _trace_to_onnx(
     inputs: tuple[Tensor, ...],
     dynamic_batch: bool,
     dynamic_length: int | None = None,
+    own: bool = True,
 ) -> onnx.ModelProto:
+    """Trace ``model`` with torch.export and translate it to ONNX: by
+    :func:`hwquant.export.translate.translate` where it covers the graph (``own``),
+    else (or with ``own=False``) by ``torch.onnx.export``."""
     if dynamic_batch and inputs[0].shape[0] == 1:
         # torch.export specializes size-1 dimensions: trace with a batch of 2.
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
@@ -331,11 +337,13 @@ def _trace_to_onnx(
             raise ValueError(
                 f"torch.export could not trace the model{where if stack else ''}: {_first_line(e)}"
             ) from e
-        try:
-            prog = torch.onnx.export(ep, inputs, dynamo=True, optimize=True, verbose=False)
-        except Exception as e:
-            raise _conversion_error(e, ep) from e
-    proto = prog.model_proto
+        proto = translate(ep) if own else None
+        if proto is None:  # an op hwquant's translation does not cover: torch's exporter
+            try:
+                prog = torch.onnx.export(ep, inputs, dynamo=True, optimize=True, verbose=False)
+            except Exception as e:
+                raise _conversion_error(e, ep) from e
+            proto = prog.model_proto
     _fix_header(proto)
     return proto
 
