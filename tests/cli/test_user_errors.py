@@ -115,6 +115,7 @@ CASES = [
     (["export", "{d}/factory.pt", "--factory", "no.such.module:Net"], "not by the factory"),
     (["export", "{d}/factory.pt"], "--factory hwq_probe_nets:Net"),
     (["export", "{d}/mlp.pt", "--format", "onnx"], "invalid choice"),
+    (["export", "{d}/mlp.pt", "-o", "{d}/i.onnx", "--int4"], "--int4 is for QCDQ files"),
 ]
 if PROC:  # paths the kernel refuses to create, even for root
     CASES += [

@@ -145,3 +145,19 @@ def test_verify_fixed_batch_fallback_and_padding(tmp_path, monkeypatch):
     calls = _count_qonnx_calls(monkeypatch)
     assert verify(model, path, x, backends=("qonnx",)).passed
     assert calls[0] == 3  # chunks of its own batch
+
+
+def test_export_both_formats_from_one_trace(tmp_path, capsys):
+    model, shape = build("residual")
+    ckpt = tmp_path / "res.pt"
+    save_checkpoint(model, str(ckpt), (1, *shape))
+    assert main(["export", str(ckpt), "--format", "both", "--dynamic-batch"]) == 0
+    out = capsys.readouterr().out
+    qonnx, qcdq = tmp_path / "res.qonnx.onnx", tmp_path / "res.qcdq.onnx"
+    assert f"wrote {qonnx} (QONNX" in out and f"wrote {qcdq} (QCDQ" in out
+    for path, backend in ((qonnx, "qonnx"), (qcdq, "onnxruntime")):
+        assert main(["verify", str(ckpt), str(path), "-n", "50", "--backends", backend]) == 0
+    capsys.readouterr()
+    named = tmp_path / "named.onnx"
+    assert main(["export", str(ckpt), "--format", "both", "-o", str(named), "--int4"]) == 0
+    assert named.exists() and (tmp_path / "named.qcdq.onnx").exists()

@@ -1,4 +1,6 @@
-"""``hwquant export``: write a checkpoint's model as QONNX or QCDQ.
+"""``hwquant export``: write a checkpoint's model as QONNX or QCDQ (``--format both``:
+both files from one trace of the model, the QCDQ one beside the QONNX one as
+``<name>.qcdq.onnx``).
 
 ``--input-shape`` takes the batch dimension first (as every ``hwquant`` command
 and ``hwquant.save_checkpoint``); ``--batch`` overrides that first dimension.
@@ -35,7 +37,12 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "-o", "--output", help="output .onnx (default: checkpoint name + .<format>.onnx)"
     )
-    p.add_argument("--format", choices=("qonnx", "qcdq"), default="qonnx")
+    p.add_argument(
+        "--format",
+        choices=("qonnx", "qcdq", "both"),
+        default="qonnx",
+        help="both: the QONNX file at --output and the QCDQ file beside it (one trace)",
+    )
     p.add_argument("--input-shape", type=input_shape, help=INPUT_SHAPE_HELP)
     p.add_argument(
         "--batch",
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from hwquant.checkpoint import load_checkpoint
-    from hwquant.export import to_qcdq, to_qonnx
+    from hwquant.export import to_qcdq, to_qonnx, to_qonnx_and_qcdq
 
     model, stored = load_checkpoint(args.checkpoint, factory=args.factory)  # batch first
     check_shape_convention(args.input_shape, stored)
@@ -68,14 +75,24 @@ def run(args: argparse.Namespace) -> int:
             "the checkpoint stores no input shape: pass --input-shape with the batch first, "
             "e.g. 1,3,32,32"
         )
-    out = args.output or str(Path(args.checkpoint).with_suffix("")) + f".{args.format}.onnx"
+    if args.int4 and args.format == "qonnx":
+        raise ValueError("--int4 is for QCDQ files: use it with --format qcdq or both")
+    fmt = "qonnx" if args.format == "both" else args.format
+    out = args.output or str(Path(args.checkpoint).with_suffix("")) + f".{fmt}.onnx"
     x = torch.zeros((args.batch or shape[0], *shape[1:]))
-    if args.format == "qcdq":
-        path = to_qcdq(model, x, out, args.dynamic_batch, int4=args.int4)
+    if args.format == "both":
+        base = out.removesuffix(".onnx").removesuffix(".qonnx")
+        paths = to_qonnx_and_qcdq(
+            model, x, out, base + ".qcdq.onnx", args.dynamic_batch, int4=args.int4
+        )
+        written = zip(paths, ("QONNX", "QCDQ"), strict=True)
+    elif args.format == "qcdq":
+        written = [(to_qcdq(model, x, out, args.dynamic_batch, int4=args.int4), "QCDQ")]
     else:
-        path = to_qonnx(model, x, out, args.dynamic_batch)
-    print(
-        f"wrote {path} ({args.format.upper()}, input {tuple(x.shape)}"
-        f"{', dynamic batch' if args.dynamic_batch else ''})"
-    )
+        written = [(to_qonnx(model, x, out, args.dynamic_batch), "QONNX")]
+    for path, name in written:
+        print(
+            f"wrote {path} ({name}, input {tuple(x.shape)}"
+            f"{', dynamic batch' if args.dynamic_batch else ''})"
+        )
     return 0
