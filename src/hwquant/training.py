@@ -132,7 +132,10 @@ def fit(
     most of it (``benchmarks/qat_step.py``, ``benchmarks/peers.py``). Batches run
     eagerly while a quantizer still initializes or warms its scale up
     (``ScaleSpec.warmup``: its state changes every batch), then the model is
-    compiled once, as one graph per layer.
+    compiled once, as one graph per layer. On CPU this pays off for MLP-like models
+    (a W4A4 MLP step 2.7× → 1.6× float time); convolutional models can get slower
+    (torch's CPU compiler makes even the float 2-conv CNN of ``benchmarks/peers.py``
+    about 1.5× slower), so time both before choosing it for them.
     With ``progress`` a tqdm bar shows the epoch, loss and accuracy.
     A non-finite loss (nan / inf) stops training with a ValueError naming the epoch
     and step, before that step's backward and update: no nan reaches the model.

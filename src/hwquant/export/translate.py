@@ -57,12 +57,15 @@ class _Untranslatable(Exception):
 def translate(ep: torch.export.ExportedProgram) -> onnx.ModelProto | None:
     """The ONNX model of ``ep`` (QONNX nodes as written by the quantizers), or None
     when ``ep`` holds an op or a form this module does not translate (logged at
-    DEBUG level; the caller then uses ``torch.onnx.export``)."""
+    DEBUG level; an unexpected error at WARNING level); the caller then uses
+    ``torch.onnx.export``."""
     try:
         return _Translator(ep).run()
     except _Untranslatable as e:
         log.debug("hwquant's own ONNX translation does not cover this model: %s", e)
-        return None
+    except Exception as e:  # a case the table gets wrong: torch's exporter still can
+        log.warning("hwquant's ONNX translation failed (%s: %s); using torch.onnx", type(e), e)
+    return None
 
 
 Handler = Callable[["_Translator", torch.fx.Node], None]
@@ -327,16 +330,7 @@ def _linear(t: _Translator, node: torch.fx.Node) -> None:
 
 @_op("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default")
 def _conv(t: _Translator, node: torch.fx.Node) -> None:
-    x, w = node.args[0], node.args[1]
-    b = _arg(node, 2, "bias", None)
-    k = list(w.meta["val"].shape[2:])
-    n = len(k)
-    pads = _ints(_arg(node, 4, "padding", 0), n)
-    t.emit(
-        node, "Conv", [x, w] if b is None else [x, w, b], auto_pad="NOTSET",
-        kernel_shape=k, strides=_ints(_arg(node, 3, "stride", 1), n), pads=pads + pads,
-        dilations=_ints(_arg(node, 5, "dilation", 1), n), group=int(_arg(node, 6, "groups", 1)),
-    )  # fmt: skip
+    _convolution(t, node, transposed=False)
 
 
 @_op(
@@ -345,30 +339,49 @@ def _conv(t: _Translator, node: torch.fx.Node) -> None:
     "aten.conv_transpose3d.input",
 )
 def _conv_transpose(t: _Translator, node: torch.fx.Node) -> None:
+    _convolution(t, node, transposed=True)
+
+
+def _convolution(t: _Translator, node: torch.fx.Node, transposed: bool) -> None:
+    """Conv / ConvTranspose. ATen's arguments: (x, w, bias, stride, padding,
+    dilation, groups), transposed (x, w, bias, stride, padding, output_padding,
+    groups, dilation)."""
     x, w = node.args[0], node.args[1]
     b = _arg(node, 2, "bias", None)
     k = list(w.meta["val"].shape[2:])
     n = len(k)
     pads = _ints(_arg(node, 4, "padding", 0), n)
-    t.emit(
-        node, "ConvTranspose", [x, w] if b is None else [x, w, b], auto_pad="NOTSET",
-        kernel_shape=k, strides=_ints(_arg(node, 3, "stride", 1), n), pads=pads + pads,
-        output_padding=_ints(_arg(node, 5, "output_padding", 0), n),
-        group=int(_arg(node, 6, "groups", 1)), dilations=_ints(_arg(node, 7, "dilation", 1), n),
-    )  # fmt: skip
+    attrs = {
+        "auto_pad": "NOTSET",
+        "kernel_shape": k,
+        "strides": _ints(_arg(node, 3, "stride", 1), n),
+        "pads": pads + pads,
+        "dilations": _ints(_arg(node, 7 if transposed else 5, "dilation", 1), n),
+        "group": int(_arg(node, 6, "groups", 1)),
+    }
+    if transposed:
+        attrs["output_padding"] = _ints(_arg(node, 5, "output_padding", 0), n)
+    op_type = "ConvTranspose" if transposed else "Conv"
+    t.emit(node, op_type, [x, w] if b is None else [x, w, b], **attrs)
+
+
+def _window(node: torch.fx.Node) -> dict[str, Any]:
+    """A 2-D pooling's kernel, strides (default: the kernel) and pads, as attributes."""
+    k = _ints(node.args[1], 2)
+    stride = _arg(node, 2, "stride", [])
+    pads = _ints(_arg(node, 3, "padding", 0), 2)
+    strides = _ints(stride, 2) if stride else k
+    return {"auto_pad": "NOTSET", "kernel_shape": k, "strides": strides, "pads": pads + pads}
 
 
 @_op("aten.max_pool2d.default")
 def _max_pool(t: _Translator, node: torch.fx.Node) -> None:
     if _arg(node, 5, "ceil_mode", False):
         raise _Untranslatable("max pooling with ceil_mode")
-    k = _ints(node.args[1], 2)
-    stride = _arg(node, 2, "stride", [])
-    pads = _ints(_arg(node, 3, "padding", 0), 2)
+    dilations = _ints(_arg(node, 4, "dilation", 1), 2)
     t.emit(
-        node, "MaxPool", [node.args[0]], auto_pad="NOTSET", kernel_shape=k,
-        strides=_ints(stride, 2) if stride else k, pads=pads + pads,
-        dilations=_ints(_arg(node, 4, "dilation", 1), 2), ceil_mode=0, storage_order=0,
+        node, "MaxPool", [node.args[0]], dilations=dilations, ceil_mode=0, storage_order=0,
+        **_window(node),
     )  # fmt: skip
 
 
@@ -376,13 +389,10 @@ def _max_pool(t: _Translator, node: torch.fx.Node) -> None:
 def _avg_pool(t: _Translator, node: torch.fx.Node) -> None:
     if _arg(node, 4, "ceil_mode", False) or _arg(node, 6, "divisor_override", None) is not None:
         raise _Untranslatable("average pooling with ceil_mode or divisor_override")
-    k = _ints(node.args[1], 2)
-    stride = _arg(node, 2, "stride", [])
-    pads = _ints(_arg(node, 3, "padding", 0), 2)
+    include = int(bool(_arg(node, 5, "count_include_pad", True)))
     t.emit(
-        node, "AveragePool", [node.args[0]], auto_pad="NOTSET", kernel_shape=k,
-        strides=_ints(stride, 2) if stride else k, pads=pads + pads, ceil_mode=0,
-        count_include_pad=int(bool(_arg(node, 5, "count_include_pad", True))),
+        node, "AveragePool", [node.args[0]], ceil_mode=0, count_include_pad=include,
+        **_window(node),
     )  # fmt: skip
 
 
