@@ -175,7 +175,7 @@ def capture(
     cleanup: bool = True,
 ) -> Capture:
     """Check and trace ``model`` once (the slow part of an export: torch.export and
-    torch's ONNX translation); :func:`finish` turns the capture into a QONNX graph as
+    the translation to ONNX); :func:`finish` turns the capture into a QONNX graph as
     often as needed (``to_qonnx_and_qcdq`` writes both formats from one capture)."""
     from hwquant.export.recurrent import has_recurrences
 
