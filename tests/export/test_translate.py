@@ -106,3 +106,31 @@ def test_linear_on_a_sequence_falls_back():
     with emitting(layer), torch.no_grad():
         ep = torch.export.export(layer, (torch.randn(2, 5, 4),), strict=False)
     assert translate(ep) is None  # rank-3 linear: torch's exporter writes MatMul + Add
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_step_bodies_translate_as_torchs_exporter_writes_them(cell):
+    from hwquant.export.recurrent import _Step
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = cell(3, 4, bidirectional=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0])
+
+    model = hwquant.quantize(Seq(), Recipe.uniform(weights=W4, activations=A8)).eval()
+    model(torch.randn(6, 5, 3))
+    layer = model.rnn
+    H, G = layer.hidden_size, layer.gate_count * layer.hidden_size
+    example = (*[torch.zeros(1, H) for _ in range(layer.n_states)], torch.zeros(G, H))
+    example = (*example, torch.zeros(G), torch.zeros(1, G))
+    for key in layer.directions:
+        with emitting(model), torch.no_grad():
+            ep = torch.export.export(_Step(layer, key), example, strict=False)
+            theirs = torch.onnx.export(ep, example, dynamo=True, verbose=False).model_proto
+        own = translate(ep)
+        assert own is not None
+        assert _signature(own) == _signature(theirs)
+        assert len(own.graph.initializer) == len(theirs.graph.initializer)

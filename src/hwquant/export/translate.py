@@ -5,7 +5,9 @@ torch's ONNX exporter first re-traces the program to decompose it, which is most
 an export's time (about 2 of 3.5 s for a 78k-parameter ResNet-8). The programs hwquant
 exports hold few kinds of ops: its quantizers' QONNX nodes (``torch.onnx.ops.symbolic``,
 :mod:`hwquant.export.emit`), convolutions, ``linear``, pooling, element-wise
-activations, ``add`` / ``cat`` and reshapes. :func:`translate` writes those nodes
+activations, ``add`` / ``cat``, reshapes, and in the time step of a recurrent
+layer (:mod:`hwquant.export.recurrent` traces it for the Scan body and the unrolled
+steps) ``transpose``, ``matmul`` and ``slice``. :func:`translate` writes those nodes
 with ``onnx.helper``, one per op, as torch's exporter writes them (``linear`` on a
 matrix → ``Gemm`` with ``transB=1``, ``flatten`` → ``Reshape``, global average
 pooling → ``ReduceMean``), with the ``namespace`` metadata naming each node's module.
@@ -198,11 +200,15 @@ class _Translator:
         raise _Untranslatable(f"argument {v!r}")
 
     def const(self, array: np.ndarray, base: str) -> str:
+        """An initializer holding ``array`` (one per distinct value)."""
         from onnx import numpy_helper
 
-        name = self.fresh(base)
-        self.inits[name] = numpy_helper.from_array(array, name)
-        return name
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.merged:
+            name = self.fresh(base)
+            self.inits[name] = numpy_helper.from_array(array, name)
+            self.merged[key] = name
+        return self.merged[key]
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -410,6 +416,35 @@ def _reshape(t: _Translator, node: torch.fx.Node) -> None:
     t.emit(node, "Reshape", [node.args[0], shape], allowzero=1)
 
 
+@_op("aten.transpose.int")
+def _transpose(t: _Translator, node: torch.fx.Node) -> None:
+    rank = node.args[0].meta["val"].dim()
+    a, b = (int(d) % rank for d in node.args[1:3])
+    perm = list(range(rank))
+    perm[a], perm[b] = perm[b], perm[a]
+    t.emit(node, "Transpose", [node.args[0]], perm=perm)
+
+
+@_op("aten.matmul.default")
+def _matmul(t: _Translator, node: torch.fx.Node) -> None:
+    t.emit(node, "MatMul", [node.args[0], node.args[1]])
+
+
+@_op("aten.slice.Tensor")
+def _slice(t: _Translator, node: torch.fx.Node) -> None:
+    dim, start = _arg(node, 1, "dim", 0), _arg(node, 2, "start", None)
+    end, step = _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
+    if not all(isinstance(v, int) for v in (dim, step, *(v for v in (start, end) if v))):
+        raise _Untranslatable("a slice with symbolic bounds")
+    bounds = [0 if start is None else start, 2**63 - 1 if end is None else end, dim, step]
+    names = zip(bounds, SLICE_INPUTS, strict=True)
+    consts = [t.const(np.asarray([v], np.int64), k) for v, k in names]
+    t.emit(node, "Slice", [node.args[0], *consts])
+
+
+SLICE_INPUTS = ("starts", "ends", "axes", "steps")
+
+
 @_op("aten.cat.default")
 def _cat(t: _Translator, node: torch.fx.Node) -> None:
     t.emit(node, "Concat", list(node.args[0]), axis=int(_arg(node, 1, "dim", 0)))
@@ -419,7 +454,11 @@ def _binary(op_type: str) -> Handler:
     def handler(t: _Translator, node: torch.fx.Node) -> None:
         if _arg(node, 2, "alpha", 1) != 1:
             raise _Untranslatable(f"{node.target} with alpha")
-        t.emit(node, op_type, [node.args[0], node.args[1]])
+        a, b = node.args[0], node.args[1]
+        if op_type != "Mul" and isinstance(b, (int, float)) and b == 0:
+            t.emit(node, "Identity", [a])  # x ± 0 (torch's exporter simplifies it too)
+        else:
+            t.emit(node, op_type, [a, b])
 
     return handler
 
