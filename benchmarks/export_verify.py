@@ -61,7 +61,7 @@ def run(n: int = 1000, repeats: int = 3) -> dict[str, Any]:
             to_qonnx_and_qcdq(model, x[:1], qpath, cpath, dynamic_batch=True)
 
         t_both, _ = timed(both, repeats)
-        with mock.patch("hwquant.export.qonnx.translate", lambda ep: None):
+        with mock.patch("hwquant.export.translate.translate", lambda ep: None):
             t_both_torch, _ = timed(both, repeats)  # torch.onnx.export translates
         t_vq, rq = timed(lambda: verify(model, qpath, x, backends=("qonnx", "hls4ml")), repeats)
         t_vc, rc = timed(lambda: verify(model, cpath, x, backends=("onnxruntime",)), repeats)

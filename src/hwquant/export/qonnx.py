@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from hwquant.algorithms.common import eval_mode
 from hwquant.export import ops
 from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET, check_ready, emitting
-from hwquant.export.translate import translate
+from hwquant.export.translate import onnx_model
 from hwquant.nn.codes import accumulator_bits
 from hwquant.nn.quantizer import Quantizer
 from hwquant.spec import serialize
@@ -337,13 +337,10 @@ def _trace_to_onnx(
             raise ValueError(
                 f"torch.export could not trace the model{where if stack else ''}: {_first_line(e)}"
             ) from e
-        proto = translate(ep) if own else None
-        if proto is None:  # an op hwquant's translation does not cover: torch's exporter
-            try:
-                prog = torch.onnx.export(ep, inputs, dynamo=True, optimize=True, verbose=False)
-            except Exception as e:
-                raise _conversion_error(e, ep) from e
-            proto = prog.model_proto
+        try:
+            proto = onnx_model(ep, inputs, own)
+        except Exception as e:  # torch's exporter met an op it cannot translate
+            raise _conversion_error(e, ep) from e
     _fix_header(proto)
     return proto
 

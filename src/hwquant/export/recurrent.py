@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from hwquant.export.emit import RECURRENCE, RECURRENT_DOMAIN, emitting
-from hwquant.export.translate import translate
+from hwquant.export.translate import onnx_model
 from hwquant.nn.recurrent import HiddenProjection, QuantRecurrent, StepQuant
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,12 +85,7 @@ def _step_graph(model: nn.Module, layer: QuantRecurrent, key: str, B: int) -> on
     example.append(torch.zeros(B, G))
     with emitting(model), torch.no_grad():
         ep = torch.export.export(_Step(layer, key), tuple(example), strict=False)
-        proto = translate(ep)  # hwquant's own translation, else torch's exporter
-        if proto is None:
-            proto = torch.onnx.export(
-                ep, tuple(example), dynamo=True, optimize=True, verbose=False
-            ).model_proto
-    g = proto.graph
+        g = onnx_model(ep, tuple(example)).graph
     consts = [
         helper.make_node("Constant", [], [t.name], value=t, name=f"const_{t.name}")
         for t in g.initializer

@@ -44,7 +44,7 @@ from hwquant.export.emit import QONNX_DOMAIN, QONNX_OPSET
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-__all__ = ["ONNX_OPSET", "OPS", "translate"]
+__all__ = ["ONNX_OPSET", "OPS", "onnx_model", "translate"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,18 @@ def translate(ep: torch.export.ExportedProgram) -> onnx.ModelProto | None:
     except Exception as e:  # a case the table gets wrong: torch's exporter still can
         log.warning("hwquant's ONNX translation failed (%s: %s); using torch.onnx", type(e), e)
     return None
+
+
+def onnx_model(
+    ep: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...], own: bool = True
+) -> onnx.ModelProto:
+    """``ep`` as ONNX: by :func:`translate` (with ``own``) where it covers the
+    program, else by ``torch.onnx.export`` (whose errors propagate)."""
+    proto = translate(ep) if own else None
+    if proto is None:
+        prog = torch.onnx.export(ep, inputs, dynamo=True, optimize=True, verbose=False)
+        proto = prog.model_proto
+    return proto
 
 
 Handler = Callable[["_Translator", torch.fx.Node], None]
@@ -98,9 +110,10 @@ class _Translator:
         self.inputs: list = []
         self.value_info: list = []
         self.counter = 0
-        #: (dtype, shape, bytes) of a merged constant, or a node's (op, inputs,
-        #: attributes) → the tensor already holding it (torch's exporter merges both)
-        self.merged: dict[tuple, str] = {}
+        # equal constants and equal nodes are written once (as torch's exporter does):
+        # (dtype, shape, bytes) / (op, inputs, attributes) → the tensor holding it
+        self.constants: dict[tuple, str] = {}
+        self.computed: dict[tuple, str] = {}
 
     # ---------------------------------------------------------------- the walk
     def run(self) -> onnx.ModelProto:
@@ -159,17 +172,20 @@ class _Translator:
     def _constant(
         self, node: torch.fx.Node, name: str, value: torch.Tensor, merge: bool = False
     ) -> None:
+        self.names[node] = self._initializer(value.detach().cpu().numpy(), name, merge)
+
+    def _initializer(self, array: np.ndarray, name: str, merge: bool) -> str:
+        """``array`` as the initializer ``name`` (``merge``: or the one already holding
+        an equal value); the name it has."""
         from onnx import numpy_helper
 
-        array = value.detach().cpu().numpy()
         key = (array.dtype.str, array.shape, array.tobytes()) if merge else None
-        if key in self.merged:
-            self.names[node] = self.merged[key]
-            return
+        if key in self.constants:
+            return self.constants[key]
         if key is not None:
-            self.merged[key] = name
-        self.names[node] = name
+            self.constants[key] = name
         self.inits[name] = numpy_helper.from_array(array.copy(), name)  # C order, 0-d kept
+        return name
 
     def _outputs(self, values) -> list:
         outs, seen = [], set()
@@ -201,14 +217,7 @@ class _Translator:
 
     def const(self, array: np.ndarray, base: str) -> str:
         """An initializer holding ``array`` (one per distinct value)."""
-        from onnx import numpy_helper
-
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in self.merged:
-            name = self.fresh(base)
-            self.inits[name] = numpy_helper.from_array(array, name)
-            self.merged[key] = name
-        return self.merged[key]
+        return self._initializer(array, self.fresh(base), merge=True)
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -222,10 +231,10 @@ class _Translator:
         an earlier one (same op, inputs and attributes) is not written again."""
         names = [self.tensor(i) for i in inputs]
         key = (op_type, tuple(names), repr(sorted(attrs.items())))
-        if key in self.merged:
-            self.names[node] = self.merged[key]
+        if key in self.computed:
+            self.names[node] = self.computed[key]
             return None
-        self.merged[key] = node.name
+        self.computed[key] = node.name
         n = self.helper.make_node(op_type, names, [node.name], name=node.name, **attrs)
         n.metadata_props.add(key="namespace", value=self._namespace(node))
         self.nodes.append(n)
