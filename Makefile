@@ -13,6 +13,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar on -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m hwquant.core.kernels
 	touch $(STAMP)
 	@echo "hwquant: ready; run the CLI as $(VENV)/bin/hwquant (or: source $(VENV)/bin/activate)"
 

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hwquant.core import kernels
 from hwquant.core.minifloat import minifloat_quantize, minifloat_round
 from hwquant.core.pot import bipolar_round, level_midpoints, pot_round, round_to_levels
-from hwquant.core.rounding import get_rounding
+from hwquant.core.rounding import get_rounding, round_half_even, round_toward_zero
 from hwquant.spec.formats import (
     APoTFormat,
     BipolarFormat,
@@ -56,12 +57,19 @@ class Grid:
     ``saturating`` (all formats but non-saturating minifloats): values are clamped
     to [lo, hi] before ``fn``. Otherwise ``fn`` sees the unclamped value and maps
     what lies beyond the range itself (to ±inf / nan, :func:`minifloat_quantize`).
+    ``kernel``: the rounding code of :mod:`hwquant.core.kernels` when ``fn`` is a
+    rounding it implements (integer grids), else None.
     """
 
     fn: Callable[[Tensor], Tensor]
     lo: float
     hi: float
     saturating: bool = True
+    kernel: int | None = None
+
+
+#: rounding functions the compiled kernel implements → its rounding code
+_KERNEL_ROUNDING = {round_half_even: kernels.HALF_EVEN, round_toward_zero: kernels.TOWARD_ZERO}
 
 
 def _levels_fn(levels: tuple[float, ...]) -> Callable[[Tensor], Tensor]:
@@ -97,7 +105,7 @@ def _bipolar_grid(fmt: BipolarFormat, r: Callable) -> Grid:
 
 @GRIDS.register(IntFormat, TernaryFormat)
 def _integer_grid(fmt: Format, r: Callable) -> Grid:
-    return Grid(r, fmt.min_value, fmt.max_value)
+    return Grid(r, fmt.min_value, fmt.max_value, kernel=_KERNEL_ROUNDING.get(r))
 
 
 @GRIDS.register(MinifloatFormat)
@@ -136,8 +144,14 @@ def fake_quantize(
     A non-saturating grid skips the clamp (c = x/s + z): beyond the range x̂ is
     ±inf / nan, as the format says.
 
-    Without autograd (inference, export checks) it runs in place: 1 allocation.
+    Integer grids on plain CPU tensors run as one compiled loop
+    (:mod:`hwquant.core.kernels`, the same values and gradients). Without autograd
+    (inference, export checks) the formula runs in place: 1 allocation.
     """
+    if grid.kernel is not None and zero_point is None:
+        y = kernels.fake_quant(x, scale, grid.lo, grid.hi, grid.kernel)
+        if y is not None:
+            return y
     if not torch.is_grad_enabled() or not (
         x.requires_grad or (isinstance(scale, Tensor) and scale.requires_grad)
     ):

@@ -1,0 +1,165 @@
+"""The compiled CPU kernel against the PyTorch formula it replaces (core/grid.py),
+bit for bit: values, gradients of x and s, with and without autograd; and against a
+NumPy reference of the integer quantizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from hwquant.core import kernels
+from hwquant.core.grid import fake_quantize, make_grid
+from hwquant.spec.formats import IntFormat, MinifloatFormat
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
+
+FORMATS = [
+    IntFormat(4),
+    IntFormat(8, signed=False),
+    IntFormat(3, narrow=True),
+    IntFormat(2, signed=False),
+    IntFormat(24),
+    IntFormat(32),
+]
+SHAPES = [  # (scale shape, tensor shape): per-tensor, per-row weights, per-channel NCHW, bias
+    ((), (64, 33)),
+    ((5, 1), (5, 17)),
+    ((1, 3, 1, 1), (2, 3, 4, 4)),
+    ((7,), (7,)),
+]
+
+
+@pytest.fixture
+def formula():
+    """Run the body with the PyTorch formula (kernel off), then restore."""
+
+    class Switch:
+        def __enter__(self):
+            kernels.enable(False)
+
+        def __exit__(self, *exc):
+            kernels.enable(True)
+
+    return Switch()
+
+
+def _both(x, s, grid, gy, formula):
+    """(value, ∂x, ∂s, no-grad value) by the kernel, then by the formula."""
+    out = []
+    for use_formula in (False, True):
+        xa, sa = x.clone().requires_grad_(), s.clone().requires_grad_()
+        if use_formula:
+            with formula:
+                y = fake_quantize(xa, sa, None, grid)
+                y.backward(gy)
+                with torch.no_grad():
+                    plain = fake_quantize(x, s, None, grid)
+        else:
+            y = fake_quantize(xa, sa, None, grid)
+            y.backward(gy)
+            with torch.no_grad():
+                plain = fake_quantize(x, s, None, grid)
+        out.append((y.detach(), xa.grad, sa.grad, plain))
+    return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    nan = torch.isnan(a)
+    return bool(torch.equal(nan, torch.isnan(b))) and bool(torch.equal(a[~nan], b[~nan]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("rounding", ["half_even", "toward_zero"])
+@pytest.mark.parametrize("shapes", SHAPES, ids=str)
+def test_kernel_equals_the_formula(dtype, fmt, rounding, shapes, formula):
+    s_shape, x_shape = shapes
+    grid = make_grid(fmt, rounding)
+    assert grid.kernel is not None
+    gen = torch.Generator().manual_seed(0)
+    s = torch.rand(s_shape, generator=gen, dtype=dtype) + 0.1
+    k = torch.randint(-300, 300, x_shape, generator=gen).to(dtype)
+    cases = [
+        torch.randn(x_shape, generator=gen, dtype=dtype) * 4,  # in and beyond the range
+        (k + 0.5) * s,  # ties (exact halves where s·(k + ½) is exact)
+        torch.randn(x_shape, generator=gen, dtype=dtype) * 1e7,  # large codes (INT24/32)
+    ]
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0], dtype=dtype)
+    cases[0].view(-1)[:4] = special
+    for x in cases:
+        gy = torch.randn(x_shape, generator=gen, dtype=dtype)
+        kern, ref = _both(x, s, grid, gy, formula)
+        for a, b, what in zip(
+            kern, ref, ("value", "grad x", "grad s", "no-grad value"), strict=True
+        ):
+            assert _same(a, b), f"{what} differs"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=arrays(np.float32, st.integers(1, 40), elements=st.floats(-1e4, 1e4, width=32)),
+    log2_s=st.floats(-12, 4),
+    bits=st.integers(2, 16),
+    signed=st.booleans(),
+)
+def test_kernel_matches_numpy(x, log2_s, bits, signed):
+    """clamp(rint(x/s), q_min, q_max)·s in float32 NumPy (rint: ties to even)."""
+    fmt = IntFormat(bits, signed=signed)
+    s = np.float32(2.0**log2_s) * np.float32(1.37)
+    y = fake_quantize(torch.from_numpy(x), torch.tensor(s), None, make_grid(fmt))
+    lo, hi = np.float32(fmt.min_value), np.float32(fmt.max_value)
+    ref = np.clip(np.rint(np.clip(x / s, lo, hi)), lo, hi) * s
+    np.testing.assert_array_equal(y.numpy(), ref)
+
+
+def test_non_contiguous_input_and_gradients(formula):
+    grid = make_grid(IntFormat(4))
+    x = torch.randn(16, 8).t()  # a transposed weight
+    s = torch.tensor(0.2)
+    gy = torch.randn(16, 8).t()  # a non-contiguous incoming gradient
+    kern, ref = _both(x, s, grid, gy, formula)
+    assert all(_same(a, b) for a, b in zip(kern, ref, strict=True))
+
+
+def test_what_it_does_not_serve_takes_the_formula():
+    grid = make_grid(IntFormat(4))
+    x = torch.randn(4, 4)
+    assert kernels.fake_quant(x, torch.tensor(0.5, dtype=torch.float64), -8, 7, 0) is None
+    assert kernels.fake_quant(x.half(), torch.tensor(0.5).half(), -8, 7, 0) is None
+    assert kernels.fake_quant(x, torch.ones(3, 1), -8, 7, 0) is None  # does not broadcast
+    assert kernels.fake_quant(x, 0.5, -8, 7, 0) is None  # a float scale
+    # minifloats and other roundings have no kernel code
+    assert make_grid(MinifloatFormat(4, 3)).kernel is None
+    assert make_grid(IntFormat(4), "half_up").kernel is None
+    # the formula still broadcasts where the kernel would not
+    assert fake_quantize(x[:1], torch.full((3, 1), 0.5), None, grid).shape == (3, 4)
+
+
+def test_traced_code_sees_the_formula():
+    """torch.compile traces fake_quantize as PyTorch ops (no custom op in the graph)."""
+    grid = make_grid(IntFormat(4))
+    s = torch.tensor(0.25, requires_grad=True)
+
+    def f(x):
+        return fake_quantize(x, s, None, grid)
+
+    x = torch.randn(8, 8)
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x), f(x))
+
+
+def test_disabling_falls_back_without_a_warning(recwarn):
+    grid = make_grid(IntFormat(4))
+    x = torch.randn(5)
+    kernels.enable(False)
+    try:
+        assert kernels.fake_quant(x, torch.tensor(0.3), -8, 7, 0) is None
+        y = fake_quantize(x, torch.tensor(0.3), None, grid)
+    finally:
+        kernels.enable(True)
+    assert torch.equal(y, fake_quantize(x, torch.tensor(0.3), None, grid))
+    assert not [w for w in recwarn if "kernel" in str(w.message)]
