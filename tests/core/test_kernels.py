@@ -163,3 +163,55 @@ def test_disabling_falls_back_without_a_warning(recwarn):
         kernels.enable(True)
     assert torch.equal(y, fake_quantize(x, torch.tensor(0.3), None, grid))
     assert not [w for w in recwarn if "kernel" in str(w.message)]
+
+
+# ---------------------------------------------------------------- A2Q / A2Q+
+def _a2q_layer(zero_centre: bool, bits: int, seed: int):
+    from hwquant.nn import QuantLinear
+    from hwquant.spec import A2Q, A4U, A2QPlus, LayerSpec
+
+    torch.manual_seed(seed)
+    spec = (A2QPlus if zero_centre else A2Q)(IntFormat(4, narrow=True), accumulator_bits=bits)
+    layer = QuantLinear(48, 24, spec=LayerSpec(input=A4U, weight=spec))
+    with torch.no_grad():  # some channels beyond the budget (g clamped), some inside
+        layer.weight_quant.norm_param.add_(torch.randn(24))
+        layer.bias.mul_(50.0)
+    return layer
+
+
+def _a2q_run(layer, x, gy):
+    layer.zero_grad(set_to_none=True)
+    w = layer.quant_weight()
+    b = layer.quant_bias(w)
+    (w * gy).sum().backward(inputs=list(layer.parameters()), retain_graph=False)
+    b2 = layer.quant_bias(layer.quant_weight())
+    grads = [p.grad.clone() if p.grad is not None else None for p in layer.parameters()]
+    return [w.detach(), b.detach(), b2.detach(), *grads]
+
+
+@pytest.mark.parametrize("zero_centre", [False, True], ids=["A2Q", "A2Q+"])
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_a2q_kernel_equals_the_autograd_node(zero_centre, bits, formula):
+    """Weight values, bias clip and every parameter's gradient: compiled = Python."""
+    layer = _a2q_layer(zero_centre, bits, seed=bits)
+    x = torch.rand(8, 48)
+    layer(x)  # initializes the input quantizer
+    gy = torch.randn(24, 48)
+    kern = _a2q_run(layer, x, gy)
+    with formula:
+        ref = _a2q_run(layer, x, gy)
+    for a, b in zip(kern, ref, strict=True):
+        assert (a is None and b is None) or _same(a, b)
+
+
+def test_a2q_bias_range_equals_the_reference():
+    from hwquant.core.accumulator import bias_code_range, worst_case_range
+
+    gen = torch.Generator().manual_seed(3)
+    s = torch.rand(6, generator=gen) + 0.05
+    q = torch.randint(-7, 8, (6, 40), generator=gen).float()
+    w_hat = q * s.unsqueeze(1)
+    for x_min, x_max, bits in [(0, 15, 12), (-8, 7, 16), (0, 255, 24)]:
+        lo, hi = kernels.a2q_bias_range(w_hat, s, x_min, x_max, bits)
+        ref = bias_code_range(*worst_case_range(torch.round(w_hat / s.unsqueeze(1)), x_min, x_max), bits)
+        assert torch.equal(lo, ref[0]) and torch.equal(hi, ref[1])

@@ -47,7 +47,7 @@ from hwquant.spec.formats import (
     TernaryFormat,
 )
 
-__all__ = ["GRIDS", "Grid", "fake_quantize", "make_grid"]
+__all__ = ["GRIDS", "SCALE_FROM_PARAM", "Grid", "fake_quantize", "fake_quantize_param", "make_grid"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,31 @@ def fake_quantize(
     if zero_point is not None:
         y = y - zero_point
     return y * scale
+
+
+#: learned-scale parametrizations s(p) the kernel fuses: name → (s(p), kernel scale code)
+SCALE_FROM_PARAM: dict[str, tuple[Callable[[Tensor], Tensor], int]] = {
+    "abs": (torch.abs, kernels.ABS_SCALE),
+    "exp2": (torch.exp2, kernels.EXP2_SCALE),
+}
+
+
+def fake_quantize_param(x: Tensor, p: Tensor, parametrization: str, grid: Grid) -> Tensor:
+    """fake_quantize(x, s(p), None, grid) for a learned scale s = |p| or 2^p
+    (``parametrization`` "abs" / "exp2", :data:`SCALE_FROM_PARAM`): the same values
+    and gradients (for x and p); on the kernel's path s(p) is part of its one node.
+
+    >>> from hwquant.spec.formats import IntFormat
+    >>> g = make_grid(IntFormat(4))
+    >>> fake_quantize_param(torch.tensor([0.26, 9.0]), torch.tensor(-2.0), "exp2", g).tolist()
+    [0.25, 1.75]
+    """
+    fn, code = SCALE_FROM_PARAM[parametrization]
+    if grid.kernel is not None:
+        y = kernels.fake_quant(x, p, grid.lo, grid.hi, grid.kernel, code)
+        if y is not None:
+            return y
+    return fake_quantize(x, fn(p), None, grid)
 
 
 class _FakeQuantSTE(torch.autograd.Function):

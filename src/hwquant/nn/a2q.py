@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hwquant.core import kernels
 from hwquant.core.accumulator import (
     bias_code_range,
     l1_budget,
@@ -224,9 +225,14 @@ class A2QWeightQuantizer(Quantizer):
 
     def forward(self, v: Tensor) -> Tensor:
         if self._fused and self._forward == self._forward_static:
-            # one autograd node, the values of the two-step path below (_A2QFakeQuant)
+            # one autograd node, the values of the two-step path below (_A2QFakeQuant,
+            # or the same ops compiled, hwquant.core.kernels)
             a = torch.exp2(self.norm_param)
-            out = _A2QFakeQuant.apply(self._rows_raw(v), a, self._scale_rows(), self)
+            rows, s = self._rows_raw(v), self._scale_rows()
+            bound, g = self.l1_bound * (1.0 - MARGIN), self.grid
+            out = kernels.a2q_fake_quant(rows, a, s, bound, self.zero_centre, g.lo, g.hi)
+            if out is None:
+                out = _A2QFakeQuant.apply(rows, a, s, self)
             return self._unrows(out, v)
         return self._forward(self._weight_fn(v))
 
@@ -320,10 +326,15 @@ class A2QWeightQuantizer(Quantizer):
         current codes q of ``v`` (module docstring): lo = −2^(P−1) − min Σ x·q,
         hi = 2^(P−1) − 1 − max Σ x·q. ``w_hat``: the fake-quantized weight of ``v``
         when the caller has it (its codes are read instead of recomputed)."""
-        fmt = self.input_format
+        fmt, bits = self.input_format, self.accumulator_bits
+        if w_hat is not None:  # one compiled pass where it applies (the same values)
+            s = self.scale().detach().reshape(-1)
+            found = kernels.a2q_bias_range(self._rows_raw(w_hat), s, fmt.min_int, fmt.max_int, bits)
+            if found is not None:
+                return found
         codes = self.code_rows(v) if w_hat is None else self._codes_of(w_hat)
         y_min, y_max = worst_case_range(codes, fmt.min_int, fmt.max_int)
-        return bias_code_range(y_min, y_max, self.accumulator_bits)
+        return bias_code_range(y_min, y_max, bits)
 
     def clip_bias(
         self, bias: Tensor, acc_scale: Tensor, v: Tensor, w_hat: Tensor | None = None

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from hwquant.core.grid import fake_quantize, make_grid
+from hwquant.core.grid import fake_quantize, fake_quantize_param, make_grid
 from hwquant.core.rounding import round_ste
 from hwquant.core.scaling import (
     EPS,
@@ -145,6 +145,13 @@ class Quantizer(nn.Module):
         elif spec.zero_point == "asymmetric":
             self.register_buffer("zero_buf", torch.zeros(self.scale_shape))
         self.register_buffer("initialized", torch.tensor(sc.method == "fixed"))
+        #: s(p) of a learned symmetric scale that fake_quantize_param fuses ("abs" /
+        #: "exp2"), else None (the scale is computed first, :meth:`scale`)
+        self._param_scale = (
+            None
+            if not sc.learned or sc.power_of_two or spec.zero_point != "symmetric" or self._grouped
+            else ("exp2" if self.log2 else "abs")
+        )
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
         self.built_dynamic = self.dynamic
         self.role = "activation"  # "weight" for quantizers made by for_weight
@@ -434,6 +441,8 @@ class Quantizer(nn.Module):
         return self.spec.granularity.grouped_shape(self.shape)
 
     def _forward_static(self, x: Tensor) -> Tensor:
+        if self._param_scale is not None:  # s = |p| or 2^p inside one node
+            return fake_quantize_param(x, self.scale_param, self._param_scale, self.grid)
         return self.quantize(x, self.scale(), self.zero_point())
 
     def _forward_dynamic(self, x: Tensor) -> Tensor:

@@ -21,6 +21,9 @@ formula, which those tools understand.
 >>> y = fake_quant(torch.tensor([0.26, -3.0, 9.0]), torch.tensor(0.25), -8.0, 7.0, HALF_EVEN)
 >>> y is None or y.tolist() == [0.25, -2.0, 1.75]
 True
+>>> y = fake_quant(torch.tensor([0.26]), torch.tensor(-2.0), -8.0, 7.0, HALF_EVEN, EXP2_SCALE)
+>>> y is None or y.tolist() == [0.25]
+True
 """
 
 from __future__ import annotations
@@ -35,8 +38,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ABS_SCALE",
+    "EXP2_SCALE",
     "HALF_EVEN",
+    "SCALE",
     "TOWARD_ZERO",
+    "a2q_bias_range",
+    "a2q_fake_quant",
     "applies",
     "available",
     "build_directory",
@@ -48,12 +56,15 @@ __all__ = [
 
 #: rounding codes of the kernel
 HALF_EVEN, TOWARD_ZERO = 0, 1
+#: scale codes: the kernel's s from the tensor passed, p: p, |p| or 2^p
+SCALE, ABS_SCALE, EXP2_SCALE = 0, 1, 2
 
-SOURCE = Path(__file__).with_name("fake_quant.cpp")
+SOURCES = [Path(__file__).with_name(f) for f in ("fake_quant.cpp", "a2q.cpp")]
 NAME = "hwquant_kernels"
 # IEEE semantics kept: no fast-math; -fno-trapping-math only lets the compiler
 # vectorize the clamp / select (FP exceptions are never observed here).
-CFLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+# -fopenmp-simd: only the `omp simd` loop hints (no OpenMP runtime).
+CFLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp-simd"]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 _DTYPES = (torch.float32, torch.float64)
@@ -82,7 +93,8 @@ def unavailable_reason() -> str:
 
 
 def load():
-    """The op ``torch.ops.hwquant.fake_quant``, or None (not buildable, or disabled)."""
+    """The ops ``torch.ops.hwquant`` (``fake_quant``, ``a2q_fake_quant``), or None (not
+    buildable, or disabled)."""
     global _op
     if not _state["enabled"]:
         return None
@@ -121,14 +133,14 @@ def _build():
         print("hwquant: compiling its CPU kernel (once, about 20 s)", file=sys.stderr)
     cpp_extension.load(
         name=NAME,
-        sources=[str(SOURCE)],
+        sources=[str(f) for f in SOURCES],
         extra_cflags=CFLAGS,
         build_directory=str(folder),
         is_python_module=False,
         verbose=False,
     )
     _state["build_s"] = time.monotonic() - started
-    return torch.ops.hwquant.fake_quant
+    return torch.ops.hwquant
 
 
 def applies(x: Tensor, s) -> bool:
@@ -152,9 +164,13 @@ def _broadcasts_to(small: torch.Size, big: torch.Size) -> bool:
     )
 
 
-def fake_quant(x: Tensor, s, lo: float, hi: float, rounding: int) -> Tensor | None:
+def fake_quant(
+    x: Tensor, s, lo: float, hi: float, rounding: int, scale: int = SCALE
+) -> Tensor | None:
     """s·round(clamp(x/s, lo, hi)) with the straight-through / LSQ gradients, by the
-    compiled kernel; None where it does not apply (the caller uses the formula)."""
+    compiled kernel; None where it does not apply (the caller uses the formula).
+    ``scale``: what ``s`` holds, the scale (``SCALE``) or its parameter p with
+    s = |p| (``ABS_SCALE``) or s = 2^p (``EXP2_SCALE``)."""
     op = _op
     if op is None:
         if _state["tried"] or not _state["enabled"] or not applies(x, s):
@@ -162,7 +178,35 @@ def fake_quant(x: Tensor, s, lo: float, hi: float, rounding: int) -> Tensor | No
         op = load()
         if op is None:
             return None
-    return op(x, s, lo, hi, rounding) if applies(x, s) else None
+    return op.fake_quant(x, s, lo, hi, rounding, scale) if applies(x, s) else None
+
+
+def a2q_fake_quant(
+    v: Tensor, a: Tensor, s: Tensor, bound: float, zero_centre: bool, lo: float, hi: float
+) -> Tensor | None:
+    """The A2Q / A2Q+ weight fake quantization of rows v [C, K] (a = 2^γ, s [C]) as
+    one compiled node: the values and gradients of ``hwquant.nn.a2q._A2QFakeQuant``
+    (the same ATen ops); None where the kernel does not apply."""
+    op = _op
+    plain = all(type(t) in _PLAIN and t.is_cpu and t.dtype == v.dtype for t in (v, a, s))
+    if op is None or not plain or v.dtype not in _DTYPES or _is_compiling():
+        return None
+    return op.a2q_fake_quant(v, a, s, bound, zero_centre, lo, hi)
+
+
+def a2q_bias_range(
+    w_rows: Tensor, s: Tensor, x_min: int, x_max: int, bits: int
+) -> tuple[Tensor, Tensor] | None:
+    """Per row of the fake-quantized weight rows ``w_rows`` [C, K] (codes round(ŵ/s),
+    ``s`` one value or [C]), the bias codes (lo, hi), int64 [C], that keep b + Σ x·q in
+    a ``bits``-bit register for x ∈ [x_min, x_max]: the values of
+    ``hwquant.core.accumulator.bias_code_range(*worst_case_range(q, x_min, x_max), bits)``
+    in one pass (integer sums, exact); None where the kernel does not apply."""
+    op = _op
+    plain = type(w_rows) in _PLAIN and type(s) in _PLAIN and w_rows.is_cpu and s.is_cpu
+    if op is None or not plain or not 2 <= bits <= 62 or _is_compiling():
+        return None
+    return op.a2q_bias_range(w_rows, s, x_min, x_max, bits)
 
 
 def main() -> int:
