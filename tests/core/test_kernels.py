@@ -213,5 +213,7 @@ def test_a2q_bias_range_equals_the_reference():
     w_hat = q * s.unsqueeze(1)
     for x_min, x_max, bits in [(0, 15, 12), (-8, 7, 16), (0, 255, 24)]:
         lo, hi = kernels.a2q_bias_range(w_hat, s, x_min, x_max, bits)
-        ref = bias_code_range(*worst_case_range(torch.round(w_hat / s.unsqueeze(1)), x_min, x_max), bits)
+        ref = bias_code_range(
+            *worst_case_range(torch.round(w_hat / s.unsqueeze(1)), x_min, x_max), bits
+        )
         assert torch.equal(lo, ref[0]) and torch.equal(hi, ref[1])
