@@ -217,3 +217,34 @@ def test_a2q_bias_range_equals_the_reference():
             *worst_case_range(torch.round(w_hat / s.unsqueeze(1)), x_min, x_max), bits
         )
         assert torch.equal(lo, ref[0]) and torch.equal(hi, ref[1])
+
+
+def test_without_a_compiler_it_warns_once_and_uses_the_formula(tmp_path):
+    """A machine without a working C++ compiler: one RuntimeWarning naming the reason,
+    then the PyTorch formula (same values); the library keeps working."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('always')\n"
+        "from hwquant.core import kernels\n"
+        "from hwquant.core.grid import fake_quantize, make_grid\n"
+        "from hwquant.spec.formats import IntFormat\n"
+        "g = make_grid(IntFormat(4))\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    y = [fake_quantize(torch.tensor([0.26, 9.0]), torch.tensor(0.25), None, g)"
+        " for _ in range(3)]\n"
+        "msgs = [str(w.message) for w in seen if 'kernel' in str(w.message)]\n"
+        "print(len(msgs), y[0].tolist(), kernels.available())\n"
+        "print(msgs[0])\n"
+    )
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), CXX="/bin/false")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, message = out.stdout.strip().splitlines()[:2]
+    assert first == "1 [0.25, 1.75] False"
+    assert "unavailable" in message and "same results" in message

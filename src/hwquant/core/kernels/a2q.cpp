@@ -54,16 +54,21 @@ HWQ_CLONES void backward_rows(const T* __restrict r, const T* __restrict f,
                               T* __restrict gwr) {
   for (int64_t c = 0; c < rows; ++c) {
     const T fc = f[c], sc = s[c];
-    for (int64_t i = c * k; i < (c + 1) * k; ++i) {
-      const T u = (r[i] * fc) / sc;
+    const T* __restrict rc = r + c * k;
+    const T* __restrict gc = g + c * k;
+    T* __restrict wc = gw + c * k;
+    T* __restrict dc = gd + c * k;
+    T* __restrict xc = gwr + c * k;
+    for (int64_t i = 0; i < k; ++i) {
+      const T u = (rc[i] * fc) / sc;
       T cl = u < lo ? lo : u;
       cl = cl > hi ? hi : cl;
       const T q = hwq::round_code<T, 1>(cl);
       const bool in = (u >= lo) & (u <= hi);
-      const T w = g[i] * T(in);  // ATen's grad · inside (g·0 = ±0, inf·0 = nan)
-      gw[i] = w;
-      gd[i] = g[i] * (in ? q - u : q);
-      gwr[i] = w * r[i];
+      const T w = gc[i] * (in ? T(1) : T(0));  // ATen's grad · inside (g·0 = ±0, inf·0 = nan)
+      wc[i] = w;
+      dc[i] = gc[i] * (in ? q - u : q);
+      xc[i] = w * rc[i];
     }
   }
 }
@@ -74,7 +79,10 @@ HWQ_CLONES void chain_rows(const T* __restrict gw, const T* __restrict f, const 
                            const T* __restrict sgn, int64_t rows, int64_t k, T* __restrict gr) {
   for (int64_t c = 0; c < rows; ++c) {
     const T fc = f[c], lc = l[c];
-    for (int64_t i = c * k; i < (c + 1) * k; ++i) gr[i] = gw[i] * fc + lc * sgn[i];
+    const T* __restrict wc = gw + c * k;
+    const T* __restrict sc = sgn + c * k;
+    T* __restrict oc = gr + c * k;
+    for (int64_t i = 0; i < k; ++i) oc[i] = wc[i] * fc + lc * sc[i];
   }
 }
 
