@@ -13,7 +13,9 @@ the LSQ scale gradient (Esser et al., ICLR 2020): inside the range ∂x̂/∂x =
 point or a non-saturating grid they come from autograd through the formula; in
 the common case (saturating grid, no zero point) one autograd node computes them
 (:class:`_FakeQuantSTE`), the same values with fewer tensor ops per call, which
-matters in recurrences and tiny models where per-op overhead dominates.
+matters in recurrences and tiny models where per-op overhead dominates; for integer
+grids on plain CPU tensors a compiled loop does it (:mod:`hwquant.core.kernels`, bit
+for bit the same, tested).
 
 >>> import torch
 >>> from hwquant.spec.formats import IntFormat
