@@ -248,3 +248,20 @@ def test_without_a_compiler_it_warns_once_and_uses_the_formula(tmp_path):
     first, message = out.stdout.strip().splitlines()[:2]
     assert first == "1 [0.25, 1.75] False"
     assert "unavailable" in message and "same results" in message
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # torch's vmap fallback
+def test_torch_func_transforms_see_the_formula():
+    """torch.func.grad / vmap wrap tensors in C++; they get the formula's values."""
+    grid = make_grid(IntFormat(4))
+    s = torch.tensor(0.3)
+    x = torch.randn(4, 5)
+
+    def f(t):
+        return fake_quantize(t, s, None, grid)
+
+    gx = torch.func.grad(lambda t: (f(t) * t).sum())(x[0])
+    xa = x[0].clone().requires_grad_()
+    (f(xa) * xa).sum().backward()
+    assert _same(gx, xa.grad)
+    assert _same(torch.vmap(f)(x), f(x))

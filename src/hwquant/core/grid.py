@@ -165,7 +165,7 @@ def fake_quantize(
             q = q - zero_point
         return q.mul_(scale)
     if zero_point is None and grid.saturating:
-        return _FakeQuantSTE.apply(x, scale, grid)
+        return _FakeQuantSTE.apply(x, scale, grid)[0]
     v = x / scale if zero_point is None else x / scale + zero_point
     if grid.saturating:
         c = torch.clamp(v, grid.lo, grid.hi)
@@ -205,24 +205,35 @@ def fake_quantize_param(x: Tensor, p: Tensor, parametrization: str, grid: Grid) 
 
 class _FakeQuantSTE(torch.autograd.Function):
     """s·g(clamp(x/s, lo, hi)) with the straight-through / LSQ gradients of the
-    module docstring (z = 0), as one autograd node."""
+    module docstring (z = 0), as one autograd node. Written in the ``torch.func``
+    style (forward without ctx, ``setup_context``), so ``torch.func.grad`` / ``vmap``
+    work through it; the grid values q ride along as a second output (a stochastic
+    grid's q cannot be recomputed in backward)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: Tensor, s: Tensor | float, grid: Grid) -> Tensor:  # type: ignore[override]
-        v = x / s
-        c = v.clamp(grid.lo, grid.hi)
-        q = grid.fn(c)
-        inside = c == v  # lo ≤ v ≤ hi (False for nan)
-        scale_grad = isinstance(s, Tensor) and ctx.needs_input_grad[1]
-        # ∂x̂/∂s per element: g(v) − v inside the range, g(c) outside
-        d = torch.where(inside, q - v, q) if scale_grad else None
-        ctx.save_for_backward(inside, d)
-        ctx.scale_shape = s.shape if scale_grad else None
-        return q * s
+    def forward(x: Tensor, s: Tensor | float, grid: Grid) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        q = grid.fn((x / s).clamp(grid.lo, grid.hi))
+        return q * s, q
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        inside, d = ctx.saved_tensors
+    def setup_context(ctx, inputs, output) -> None:
+        x, s, grid = inputs
+        ctx.mark_non_differentiable(output[1])
+        tensor_scale = isinstance(s, Tensor)
+        ctx.save_for_backward(x, s if tensor_scale else None, output[1])
+        ctx.float_scale = None if tensor_scale else s
+        ctx.lo, ctx.hi = grid.lo, grid.hi
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _unused: Tensor):  # type: ignore[override]
+        x, s, q = ctx.saved_tensors
+        v = x / (ctx.float_scale if s is None else s)
+        inside = (v >= ctx.lo) & (v <= ctx.hi)  # False for nan
         gx = torch.where(inside, g, 0.0) if ctx.needs_input_grad[0] else None
-        gs = None if d is None else (g * d).sum_to_size(ctx.scale_shape)
+        gs = None
+        if s is not None and ctx.needs_input_grad[1]:
+            # ∂x̂/∂s per element: g(v) − v inside the range, g(c) outside
+            gs = (g * torch.where(inside, q - v, q)).sum_to_size(s.shape)
         return gx, gs, None

@@ -13,9 +13,9 @@ hwquant.core.kernels``). Where it cannot be built, hwquant warns once, naming th
 reason, and uses the PyTorch formula (same results, slower steps); :func:`enable`
 ``(False)`` chooses that path without the warning.
 
-It serves plain CPU tensors in eager mode only: CUDA tensors, tensor subclasses
-and tracing (``torch.compile``, ``torch.export``, ``torch.fx``) take the PyTorch
-formula, which those tools understand.
+It serves plain CPU tensors in eager mode only: CUDA tensors, tensor subclasses,
+tracing (``torch.compile``, ``torch.export``, ``torch.fx``) and ``torch.func``
+transforms (``grad``, ``vmap``) take the PyTorch formula, which those tools understand.
 
 >>> import torch
 >>> y = fake_quant(torch.tensor([0.26, -3.0, 9.0]), torch.tensor(0.25), -8.0, 7.0, HALF_EVEN)
@@ -67,6 +67,11 @@ NAME = "hwquant_kernels"
 CFLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp-simd"]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
+# What torch says when a kernel runs inside a torch.func transform (grad, vjp, ...),
+# whose tensors are wrapped in C++ (their Python type stays Tensor, and torch has no
+# public test for them): a C++ autograd node refuses to run, a raw loop finds no
+# storage. The caller then takes the formula (vmap runs the kernels per sample).
+_TRANSFORM_ERRORS = ("functorch transforms", "doesn't have storage")
 _DTYPES = (torch.float32, torch.float64)
 _state: dict = {"op": None, "tried": False, "enabled": True, "why": ""}
 _op = None  # the loaded op while enabled (the per-call fast path reads only this)
@@ -145,7 +150,7 @@ def _build():
 
 def applies(x: Tensor, s) -> bool:
     """Whether the kernel serves (x, s): plain CPU float32 / float64 tensors of one
-    dtype, s broadcasting to x's shape, in eager mode."""
+    dtype, s broadcasting to x's shape, in eager mode (not traced)."""
     return (
         type(x) in _PLAIN
         and type(s) in _PLAIN
@@ -178,7 +183,17 @@ def fake_quant(
         op = load()
         if op is None:
             return None
-    return op.fake_quant(x, s, lo, hi, rounding, scale) if applies(x, s) else None
+    return _run(op.fake_quant, x, s, lo, hi, rounding, scale) if applies(x, s) else None
+
+
+def _run(fn, *args):
+    """fn(*args), or None inside a torch.func transform (see _TRANSFORM_ERRORS)."""
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        if not any(m in str(e) for m in _TRANSFORM_ERRORS):
+            raise
+        return None
 
 
 def a2q_fake_quant(
@@ -191,7 +206,7 @@ def a2q_fake_quant(
     plain = all(type(t) in _PLAIN and t.is_cpu and t.dtype == v.dtype for t in (v, a, s))
     if op is None or not plain or v.dtype not in _DTYPES or _is_compiling():
         return None
-    return op.a2q_fake_quant(v, a, s, bound, zero_centre, lo, hi)
+    return _run(op.a2q_fake_quant, v, a, s, bound, zero_centre, lo, hi)
 
 
 def a2q_bias_range(
@@ -203,10 +218,10 @@ def a2q_bias_range(
     ``hwquant.core.accumulator.bias_code_range(*worst_case_range(q, x_min, x_max), bits)``
     in one pass (integer sums, exact); None where the kernel does not apply."""
     op = _op
-    plain = type(w_rows) in _PLAIN and type(s) in _PLAIN and w_rows.is_cpu and s.is_cpu
+    plain = all(type(t) in _PLAIN and t.is_cpu for t in (w_rows, s))
     if op is None or not plain or not 2 <= bits <= 62 or _is_compiling():
         return None
-    return op.a2q_bias_range(w_rows, s, x_min, x_max, bits)
+    return _run(op.a2q_bias_range, w_rows, s, x_min, x_max, bits)
 
 
 def main() -> int:
