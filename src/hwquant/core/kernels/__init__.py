@@ -1,19 +1,22 @@
-"""The compiled CPU kernel behind :func:`hwquant.core.grid.fake_quantize`.
+"""The compiled CPU kernels behind :func:`hwquant.core.grid.fake_quantize` and the
+A2Q weight quantizer.
 
 For a saturating integer grid without zero point, rounding half to even or toward
 zero, fake quantization on the CPU runs as one C++ loop with one autograd node
-(``fake_quant.cpp``) instead of about seven tensor ops and a Python autograd node:
-the same values and gradients bit for bit (tested against the PyTorch formula), a
-QAT step of a small MLP about a third faster.
+(``fake_quant.cpp``) instead of about seven tensor ops and a Python autograd node;
+the A2Q / A2Q+ weight node and its bias bounds likewise (``a2q.cpp``). The values and
+gradients are those of the PyTorch formula, bit for bit (tested); a QAT step of a
+small MLP takes about a third less time.
 
-The kernel is built from source on first use with PyTorch's extension builder
+The kernels are built from source on first use with PyTorch's extension builder
 (``torch.utils.cpp_extension.load``: a C++ compiler and ``ninja``; about 20 s, once
-per machine and kernel version, cached in :func:`build_directory`). ``make`` builds it while setting up (``python -m
-hwquant.core.kernels``). Where it cannot be built, hwquant warns once, naming the
-reason, and uses the PyTorch formula (same results, slower steps); :func:`enable`
-``(False)`` chooses that path without the warning.
+per machine and kernel version, cached in :func:`build_directory`). ``make`` builds
+them while setting up (``python -m hwquant.core.kernels``). Where they cannot be
+built, hwquant warns once, naming the reason, and uses the PyTorch formula (same
+results, slower steps); :func:`enable` ``(False)`` chooses that path without the
+warning.
 
-It serves plain CPU tensors in eager mode only: CUDA tensors, tensor subclasses,
+They serve plain CPU tensors in eager mode only: CUDA tensors, tensor subclasses,
 tracing (``torch.compile``, ``torch.export``, ``torch.fx``) and ``torch.func``
 transforms (``grad``, ``vmap``) take the PyTorch formula, which those tools understand.
 
@@ -176,14 +179,15 @@ def fake_quant(
     compiled kernel; None where it does not apply (the caller uses the formula).
     ``scale``: what ``s`` holds, the scale (``SCALE``) or its parameter p with
     s = |p| (``ABS_SCALE``) or s = 2^p (``EXP2_SCALE``)."""
-    op = _op
-    if op is None:
-        if _state["tried"] or not _state["enabled"] or not applies(x, s):
-            return None
-        op = load()
-        if op is None:
-            return None
-    return _run(op.fake_quant, x, s, lo, hi, rounding, scale) if applies(x, s) else None
+    if not applies(x, s):
+        return None
+    op = _op if _op is not None else _first_load()
+    return None if op is None else _run(op.fake_quant, x, s, lo, hi, rounding, scale)
+
+
+def _first_load():
+    """The ops on a first call (building them if needed), else None at once."""
+    return None if _state["tried"] or not _state["enabled"] else load()
 
 
 def _run(fn, *args):
@@ -202,11 +206,11 @@ def a2q_fake_quant(
     """The A2Q / A2Q+ weight fake quantization of rows v [C, K] (a = 2^γ, s [C]) as
     one compiled node: the values and gradients of ``hwquant.nn.a2q._A2QFakeQuant``
     (the same ATen ops); None where the kernel does not apply."""
-    op = _op
     plain = all(type(t) in _PLAIN and t.is_cpu and t.dtype == v.dtype for t in (v, a, s))
-    if op is None or not plain or v.dtype not in _DTYPES or _is_compiling():
+    if not plain or v.dtype not in _DTYPES or _is_compiling():
         return None
-    return _run(op.a2q_fake_quant, v, a, s, bound, zero_centre, lo, hi)
+    op = _op if _op is not None else _first_load()
+    return None if op is None else _run(op.a2q_fake_quant, v, a, s, bound, zero_centre, lo, hi)
 
 
 def a2q_bias_range(
@@ -217,11 +221,11 @@ def a2q_bias_range(
     a ``bits``-bit register for x ∈ [x_min, x_max]: the values of
     ``hwquant.core.accumulator.bias_code_range(*worst_case_range(q, x_min, x_max), bits)``
     in one pass (integer sums, exact); None where the kernel does not apply."""
-    op = _op
-    plain = all(type(t) in _PLAIN and t.is_cpu for t in (w_rows, s))
-    if op is None or not plain or not 2 <= bits <= 62 or _is_compiling():
+    plain = all(type(t) in _PLAIN and t.is_cpu and t.dtype in _DTYPES for t in (w_rows, s))
+    if not plain or not 2 <= bits <= 62 or _is_compiling():
         return None
-    return _run(op.a2q_bias_range, w_rows, s, x_min, x_max, bits)
+    op = _op if _op is not None else _first_load()
+    return None if op is None else _run(op.a2q_bias_range, w_rows, s, x_min, x_max, bits)
 
 
 def main() -> int:
