@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import hwquant
+from hwquant.core import kernels
 from hwquant.core.accumulator import worst_case_range
 from hwquant.nn import A2QWeightQuantizer, QuantLinear
 from hwquant.spec import A2Q, A4, A4U, PER_TENSOR, W4, A2QPlus, IntFormat, Recipe
@@ -412,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     if not have_brevitas():
         print("peers: Brevitas is not installed: pip install -e '.[bench]'")
         return 0
-    out: dict = {"torch": torch.__version__, "threads": 1}
+    out: dict = {"torch": torch.__version__, "threads": 1, "kernels": kernels.describe()}
+    print(f"hwquant CPU kernels: {out['kernels']}")
     if a.only != "accuracy":
         out["speed"] = speed(a.steps, compile_=not a.no_compile)
         print(speed_table(out["speed"]), flush=True)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hwquant
+from hwquant.core import kernels
 from hwquant.core.grid import fake_quantize, make_grid
 from hwquant.spec import A4, FP8_E4M3FN, W4, IntFormat, Recipe
 
@@ -111,7 +112,8 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
     xm, ym = torch.randn(32, 64), torch.randint(0, 10, (32,))
-    res = {"threads": torch.get_num_threads()}
+    res = {"threads": torch.get_num_threads(), "kernels": kernels.describe()}
+    print(f"hwquant CPU kernels: {res['kernels']}")
     res["cnn_eager"] = pair(cnn, x, y, args.steps, False)
     print(
         f"CNN W4A4 step (eager): float {res['cnn_eager']['float_ms']:.1f} ms, "

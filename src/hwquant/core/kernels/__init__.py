@@ -51,6 +51,7 @@ __all__ = [
     "applies",
     "available",
     "build_directory",
+    "describe",
     "enable",
     "fake_quant",
     "load",
@@ -98,6 +99,12 @@ def unavailable_reason() -> str:
     """Why the kernel is not in use ('' when it is)."""
     load()
     return "" if _state["op"] is not None else _state["why"] or "disabled by enable(False)"
+
+
+def describe() -> str:
+    """``"compiled"``, or ``"unavailable (why)"`` (benchmarks print it: the numbers
+    of the two paths differ)."""
+    return "compiled" if available() else f"unavailable ({unavailable_reason()})"
 
 
 def load():
