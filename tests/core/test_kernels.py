@@ -265,3 +265,30 @@ def test_torch_func_transforms_see_the_formula():
     (f(xa) * xa).sum().backward()
     assert _same(gx, xa.grad)
     assert _same(torch.vmap(f)(x), f(x))
+
+
+@pytest.mark.parametrize("parametrization", ["abs", "exp2"])
+@pytest.mark.parametrize("shapes", SHAPES[:3], ids=str)
+def test_learned_scale_parametrizations_equal_the_formula(parametrization, shapes, formula):
+    """fake_quantize_param: s = |p| or 2^p inside the kernel's node, against
+    fake_quantize(x, torch.abs(p) / torch.exp2(p)): values, ∂x and ∂p."""
+    from hwquant.core.grid import fake_quantize_param
+
+    s_shape, x_shape = shapes
+    grid = make_grid(IntFormat(4))
+    gen = torch.Generator().manual_seed(1)
+    p0 = torch.randn(s_shape, generator=gen) * (0.3 if parametrization == "abs" else 2.0)
+    x = torch.randn(x_shape, generator=gen) * 3
+    gy = torch.randn(x_shape, generator=gen)
+    runs = []
+    for use_formula in (False, True):
+        xa, p = x.clone().requires_grad_(), p0.clone().requires_grad_()
+        if use_formula:
+            with formula:
+                y = fake_quantize_param(xa, p, parametrization, grid)
+        else:
+            y = fake_quantize_param(xa, p, parametrization, grid)
+        y.backward(gy)
+        runs.append((y.detach(), xa.grad, p.grad))
+    for a, b in zip(*runs, strict=True):
+        assert _same(a, b)
