@@ -173,6 +173,11 @@ def applies(x: Tensor, s) -> bool:
     )
 
 
+def _plain_cpu(*ts: Tensor) -> bool:
+    """Plain (no subclass) CPU float32 / float64 tensors."""
+    return all(type(t) in _PLAIN and t.is_cpu and t.dtype in _DTYPES for t in ts)
+
+
 def _broadcasts_to(small: torch.Size, big: torch.Size) -> bool:
     return len(small) <= len(big) and all(
         a == b or a == 1 for a, b in zip(reversed(small), reversed(big), strict=False)
@@ -213,8 +218,7 @@ def a2q_fake_quant(
     """The A2Q / A2Q+ weight fake quantization of rows v [C, K] (a = 2^γ, s [C]) as
     one compiled node: the values and gradients of ``hwquant.nn.a2q._A2QFakeQuant``
     (the same ATen ops); None where the kernel does not apply."""
-    plain = all(type(t) in _PLAIN and t.is_cpu and t.dtype == v.dtype for t in (v, a, s))
-    if not plain or v.dtype not in _DTYPES or _is_compiling():
+    if not _plain_cpu(v, a, s) or a.dtype != v.dtype or s.dtype != v.dtype or _is_compiling():
         return None
     op = _op if _op is not None else _first_load()
     return None if op is None else _run(op.a2q_fake_quant, v, a, s, bound, zero_centre, lo, hi)
@@ -228,8 +232,7 @@ def a2q_bias_range(
     a ``bits``-bit register for x ∈ [x_min, x_max]: the values of
     ``hwquant.core.accumulator.bias_code_range(*worst_case_range(q, x_min, x_max), bits)``
     in one pass (integer sums, exact); None where the kernel does not apply."""
-    plain = all(type(t) in _PLAIN and t.is_cpu and t.dtype in _DTYPES for t in (w_rows, s))
-    if not plain or not 2 <= bits <= 62 or _is_compiling():
+    if not _plain_cpu(w_rows, s) or not 2 <= bits <= 62 or _is_compiling():
         return None
     op = _op if _op is not None else _first_load()
     return None if op is None else _run(op.a2q_bias_range, w_rows, s, x_min, x_max, bits)
