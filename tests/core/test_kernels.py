@@ -285,3 +285,96 @@ def test_learned_scale_parametrizations_equal_the_formula(parametrization, shape
         runs.append((y.detach(), xa.grad, p.grad))
     for a, b in zip(*runs, strict=True):
         assert _same(a, b)
+
+
+# ---------------------------------------------------------------- bias on the accumulator
+def _bias_layer(case: str):
+    from hwquant.nn import QuantLinear
+    from hwquant.spec import A2Q, A4U, W4, A2QPlus, LayerSpec
+    from hwquant.spec.layer_spec import accumulator_bias
+    from hwquant.spec.quant_spec import A8, PER_TENSOR, QuantSpec, ScaleSpec
+
+    per_tensor = QuantSpec(IntFormat(4, narrow=True), PER_TENSOR, ScaleSpec("max", learned=True))
+    fixed = QuantSpec(IntFormat(6), PER_TENSOR, ScaleSpec("fixed", value=0.05))
+    narrow_bias = QuantSpec(IntFormat(8), scale=ScaleSpec("accumulator"), rounding="toward_zero")
+    a2q = A2Q(IntFormat(4, narrow=True), accumulator_bits=12)
+    specs = {  # name: (LayerSpec, dtype, kernel expected)
+        "W4-A4U": (LayerSpec(input=A4U, weight=W4, bias=accumulator_bias()), torch.float32, True),
+        "W4pt-A8-f64": (
+            LayerSpec(input=A8, weight=per_tensor, bias=accumulator_bias(16)),
+            torch.float64,
+            True,
+        ),
+        "fixed-8bit-trunc": (
+            LayerSpec(input=fixed, weight=W4, bias=narrow_bias),
+            torch.float32,
+            True,
+        ),
+        "A2Q-P12": (LayerSpec(input=A4U, weight=a2q, bias=accumulator_bias()), torch.float32, True),
+        "A2Q+-P24": (
+            LayerSpec(
+                input=A4U,
+                weight=A2QPlus(IntFormat(4, narrow=True), accumulator_bits=24),
+                bias=accumulator_bias(),
+            ),
+            torch.float32,
+            True,
+        ),
+        "A2Q-f64": (LayerSpec(input=A4U, weight=a2q, bias=accumulator_bias()), torch.float64, True),
+        "dynamic-weight": (
+            LayerSpec(input=A4U, weight=QuantSpec(IntFormat(4)), bias=accumulator_bias()),
+            torch.float32,
+            False,
+        ),
+    }
+    spec, dtype, expected = specs[case]
+    torch.manual_seed(7)
+    layer = QuantLinear(40, 12, spec=spec).to(dtype)  # scales too
+    x = torch.rand(16, 40, dtype=dtype)
+    layer(x)  # initializes the input quantizer
+    with torch.no_grad():
+        if hasattr(layer.weight_quant, "norm_param"):
+            layer.weight_quant.norm_param.add_(torch.randn(12, dtype=dtype))
+        s_acc = layer.accumulator_scale()
+        # codes inside, at and far beyond every bound (the A2Q clip, the bias format)
+        layer.bias.copy_(
+            torch.randn(12, dtype=dtype) * s_acc.reshape(-1) * 10.0 ** torch.arange(12) / 5
+        )
+        layer.bias[0] = -layer.bias[1]
+    return layer, expected
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "W4-A4U",
+        "W4pt-A8-f64",
+        "fixed-8bit-trunc",
+        "A2Q-P12",
+        "A2Q+-P24",
+        "A2Q-f64",
+        "dynamic-weight",
+    ],
+)
+def test_accumulator_bias_kernel_equals_the_formula(case, formula):
+    """A layer's bias on the accumulator scale (with the A2Q clip): value and gradient
+    of the compiled node = those of the formula; the scales get no gradient from it."""
+    layer, expected = _bias_layer(case)
+    w = layer.quant_weight().detach()
+    assert (layer._compiled_bias(w) is not None) == expected
+    gy = torch.randn(12, dtype=w.dtype)
+    runs = []
+    for path in (nullcontext(), formula):
+        layer.zero_grad(set_to_none=True)
+        with path:
+            b = layer.quant_bias(w)
+        b.backward(gy)
+        grads = {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}
+        assert set(grads) == {"bias"}
+        with torch.no_grad(), path:
+            b0 = layer.quant_bias(w)
+        runs.append((b.detach(), grads["bias"], b0))
+    for a, b in zip(*runs, strict=True):
+        assert _same(a, b)
+    grad = runs[0][1]
+    assert 0 < int((grad == 0).sum()) < 12  # some clipped, some passed straight through

@@ -336,6 +336,26 @@ class A2QWeightQuantizer(Quantizer):
         y_min, y_max = worst_case_range(codes, fmt.min_int, fmt.max_int)
         return bias_code_range(y_min, y_max, bits)
 
+    def _clips(self, bias: Tensor) -> bool:
+        """Whether :meth:`clip_bias` clips ``bias`` (else it returns it unchanged)."""
+        return (
+            self.bias_in_accumulator
+            and self.rows_are_outputs
+            and bias.numel() == self.channels
+            and self._forward != self._forward_float
+        )
+
+    def bias_clip_args(self, bias: Tensor, w_hat: Tensor | None) -> tuple | None:
+        """:meth:`clip_bias` as :func:`hwquant.core.kernels.accumulator_bias` takes it:
+        () where it leaves ``bias`` alone, (weight rows, x_min, x_max, P) where it
+        clips given the layer's fake-quantized weight ``w_hat``; None without ``w_hat``."""
+        if not self._clips(bias):
+            return ()
+        if w_hat is None:
+            return None
+        fmt = self.input_format
+        return self._rows_raw(w_hat), fmt.min_int, fmt.max_int, self.accumulator_bits
+
     def clip_bias(
         self, bias: Tensor, acc_scale: Tensor, v: Tensor, w_hat: Tensor | None = None
     ) -> Tensor:
@@ -345,10 +365,7 @@ class A2QWeightQuantizer(Quantizer):
         this quantizer is disabled (float model, calibration) or when channel rows are
         not outputs. Differentiable: straight-through inside the range; the bounds move
         with the scale (lo, hi are constants of the current codes)."""
-        n = bias.numel()
-        if not self.bias_in_accumulator or not self.rows_are_outputs or n != self.channels:
-            return bias
-        if self._forward == self._forward_float:
+        if not self._clips(bias):
             return bias
         lo, hi = self.bias_code_range(v, w_hat)
         s = acc_scale.reshape(-1)

@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from hwquant.core import kernels
 from hwquant.nn.a2q import A2QWeightQuantizer
 from hwquant.nn.kinds import kind_of
 from hwquant.nn.pot import PoTWeightQuantizer
@@ -226,9 +227,31 @@ class QuantWeightLayer(QuantLayer):
         # The bias follows s_in·s_w; its rounding does not steer those scales (no
         # gradient through s_acc), which saves the small model a third of its
         # quantizer work per step. The bias itself learns straight-through.
+        y = self._compiled_bias(w_hat)
+        if y is not None:
+            return y
         with torch.no_grad():
             s_acc = self.accumulator_scale()
         return self.bias_quant(self.accumulator_bias(s_acc, w_hat), s_acc)
+
+    def _compiled_bias(self, w_hat: Tensor | None) -> Tensor | None:
+        """_bias_on_accumulator_scale as one compiled node (the same values and
+        gradient, :func:`hwquant.core.kernels.accumulator_bias`), or None where the
+        kernel does not serve this layer now (the formula runs)."""
+        bq, iq, wq = self.bias_quant, self.input_quant, self.weight_quant
+        g = bq.grid
+        if g.kernel is None or bq._forward != bq._forward_quant:
+            return None
+        if not isinstance(iq, Quantizer) or not isinstance(wq, Quantizer):
+            return None
+        src_in, src_w = iq.scale_source(), wq.scale_source()
+        d = wq.code_multiplier()
+        if src_in is None or src_w is None or not (d is None or (type(d) is int and d == 1)):
+            return None
+        clip = wq.bias_clip_args(self.bias, w_hat) if isinstance(wq, A2QWeightQuantizer) else ()
+        if clip is None:
+            return None
+        return kernels.accumulator_bias(self.bias, *src_in, *src_w, g.lo, g.hi, g.kernel, *clip)
 
     @torch.no_grad()
     def reset_weight_scale(self) -> None:

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from hwquant.core import kernels
 from hwquant.core.grid import fake_quantize, fake_quantize_param, make_grid
 from hwquant.core.rounding import round_ste
 from hwquant.core.scaling import (
@@ -151,6 +152,19 @@ class Quantizer(nn.Module):
             None
             if not sc.learned or sc.power_of_two or spec.zero_point != "symmetric" or self._grouped
             else ("exp2" if self.log2 else "abs")
+        )
+        #: the kernels' code for what scale() computes from its tensor (s, |p| or 2^p;
+        #: None: more than that, e.g. a power-of-two learned scale), :meth:`scale_source`
+        self._scale_code = (
+            None
+            if type(self).scale is not Quantizer.scale or (sc.learned and sc.power_of_two)
+            else (
+                kernels.SCALE
+                if not sc.learned
+                else kernels.EXP2_SCALE
+                if self.log2
+                else kernels.ABS_SCALE
+            )
         )
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
         self.built_dynamic = self.dynamic
@@ -274,6 +288,16 @@ class Quantizer(nn.Module):
         if self.spec.zero_point == "asymmetric":
             return self.zero_buf
         return None
+
+    def scale_source(self) -> tuple[Tensor, int] | None:
+        """What :meth:`scale` computes the scale from, for the compiled kernels
+        (:mod:`hwquant.core.kernels`): (the scale buffer, ``SCALE``) or (the learned
+        parameter p, ``ABS_SCALE`` / ``EXP2_SCALE`` for s = |p| / 2^p); None where the
+        scale takes more (dynamic or power-of-two learned scales, subclasses)."""
+        code = self._scale_code
+        if code is None or self.dynamic:
+            return None
+        return (self.scale_buf, code) if code == kernels.SCALE else (self.scale_param, code)
 
     def scale_for(self, x: Tensor) -> Tensor:
         """The scale used to quantize ``x`` (dynamic quantizers derive it from x)."""

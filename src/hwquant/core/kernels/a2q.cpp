@@ -14,11 +14,9 @@
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
-#include <tuple>
 
 #include "common.h"
 
@@ -153,73 +151,17 @@ struct A2QFakeQuant : public torch::autograd::Function<A2QFakeQuant> {
   }
 };
 
-at::Tensor a2q_fake_quant(const at::Tensor& v, const at::Tensor& a, const at::Tensor& s,
-                          double bound, bool zero_centre, double lo, double hi) {
-  TORCH_CHECK(v.dim() == 2 && a.dim() == 1 && s.dim() == 1 && v.device().is_cpu(),
-              "hwquant::a2q_fake_quant: CPU v [C, K], a [C] and s [C]");
-  TORCH_CHECK(a.scalar_type() == v.scalar_type() && s.scalar_type() == v.scalar_type(),
-              "hwquant::a2q_fake_quant: v, a and s must share a dtype");
+}  // namespace
+
+namespace hwq {
+
+std::optional<at::Tensor> a2q_fake_quant(const at::Tensor& v, const at::Tensor& a,
+                                         const at::Tensor& s, double bound, bool zero_centre,
+                                         double lo, double hi) {
+  TORCH_CHECK(v.dim() == 2 && a.dim() == 1 && s.dim() == 1,
+              "hwquant a2q_fake_quant: v [C, K], a [C] and s [C]");
+  if (!same_cpu_float(v, a) || !same_cpu_float(v, s)) return std::nullopt;
   return A2QFakeQuant::apply(v, a, s, bound, zero_centre, lo, hi);
 }
 
-// The bias codes [lo, hi] per row that keep b + Σ x·q within a P-bit signed register
-// for every input x ∈ [x_min, x_max], q = round(ŵ / s) the codes of the fake-quantized
-// weight rows ŵ [C, K] (hwquant.core.accumulator.worst_case_range and bias_code_range;
-// integer sums, exact in any order): lo = −2^(P−1) − min Σ x·q, hi = 2^(P−1) − 1 − max Σ x·q.
-template <typename T>
-HWQ_CLONES void bias_range_rows(const T* __restrict w, const T* __restrict s, bool scalar_scale,
-                                int64_t rows, int64_t k, int64_t x_min, int64_t x_max,
-                                int64_t bits, int64_t* __restrict lo, int64_t* __restrict hi) {
-  const int64_t top = (int64_t(1) << (bits - 1)) - 1, bottom = -(int64_t(1) << (bits - 1));
-  for (int64_t c = 0; c < rows; ++c) {
-    const T sc = scalar_scale ? s[0] : s[c];
-    // integer-valued terms summed in float64: exact below 2^53 in any order, so the
-    // loop may be vectorized (reassociated) without changing the sums
-    double pos = 0.0, neg = 0.0;
-#pragma omp simd reduction(+ : pos, neg)
-    for (int64_t i = 0; i < k; ++i) {
-      const double q = hwq::round_code<T, 0>(w[c * k + i] / sc);  // half to even
-      pos += q > 0.0 ? q : 0.0;
-      neg += q < 0.0 ? q : 0.0;
-    }
-    const auto p = static_cast<int64_t>(pos), n = static_cast<int64_t>(neg);
-    lo[c] = bottom - (p * x_min + n * x_max);
-    hi[c] = top - (p * x_max + n * x_min);
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> a2q_bias_range(const at::Tensor& w_hat, const at::Tensor& s,
-                                                  int64_t x_min, int64_t x_max, int64_t bits) {
-  TORCH_CHECK(w_hat.dim() == 2 && w_hat.device().is_cpu() && s.device().is_cpu(),
-              "hwquant::a2q_bias_range: CPU weight rows [C, K]");
-  TORCH_CHECK(s.numel() == 1 || s.numel() == w_hat.size(0),
-              "hwquant::a2q_bias_range: one scale or one per row");
-  TORCH_CHECK(bits >= 2 && bits <= 62, "hwquant::a2q_bias_range: 2 to 62 accumulator bits");
-  const at::Tensor w = w_hat.contiguous();
-  const at::Tensor sc = s.to(w.scalar_type()).contiguous();
-  const int64_t rows = w.size(0);
-  at::Tensor lo = at::empty({rows}, w.options().dtype(at::kLong));
-  at::Tensor hi = at::empty({rows}, w.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "hwquant_a2q_bias_range", [&] {
-    bias_range_rows<scalar_t>(w.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(),
-                              sc.numel() == 1, rows, w.size(1), x_min, x_max, bits,
-                              lo.data_ptr<int64_t>(), hi.data_ptr<int64_t>());
-  });
-  return {lo, hi};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(hwquant, m) {
-  m.def(
-      "a2q_fake_quant(Tensor v, Tensor a, Tensor s, float bound, bool zero_centre, float lo, "
-      "float hi) -> Tensor");
-  m.def(
-      "a2q_bias_range(Tensor w_hat, Tensor s, int x_min, int x_max, int bits) -> "
-      "(Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(hwquant, CompositeImplicitAutograd, m) {
-  m.impl("a2q_fake_quant", a2q_fake_quant);
-  m.impl("a2q_bias_range", a2q_bias_range);
-}
+}  // namespace hwq

@@ -1,10 +1,50 @@
-// Shared by hwquant's kernels: exact rounding that vectorizes, and per-ISA clones.
+// Shared by hwquant's kernels: the functions bindings.cpp exposes to Python, exact
+// rounding that vectorizes, and per-ISA clones.
 #pragma once
+
+#include <ATen/ATen.h>
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 namespace hwq {
+
+// ---- the kernels (each returns None to Python where it does not serve its inputs)
+std::optional<at::Tensor> fake_quant(const at::Tensor& x, const at::Tensor& p, double lo,
+                                     double hi, int64_t rounding, int64_t kind);
+std::optional<at::Tensor> a2q_fake_quant(const at::Tensor& v, const at::Tensor& a,
+                                         const at::Tensor& s, double bound, bool zero_centre,
+                                         double lo, double hi);
+std::optional<std::tuple<at::Tensor, at::Tensor>> a2q_bias_range(const at::Tensor& w_hat,
+                                                                 const at::Tensor& s,
+                                                                 int64_t x_min, int64_t x_max,
+                                                                 int64_t bits);
+std::optional<at::Tensor> accumulator_bias(const at::Tensor& bias, const at::Tensor& p_in,
+                                           int64_t kind_in, const at::Tensor& p_w,
+                                           int64_t kind_w, double lo, double hi,
+                                           int64_t rounding,
+                                           const std::optional<at::Tensor>& w_rows,
+                                           int64_t x_min, int64_t x_max, int64_t bits);
+
+// x on the CPU, float32 or float64
+inline bool cpu_float(const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  return x.device().is_cpu() && (t == at::kFloat || t == at::kDouble);
+}
+
+// x and y: cpu_float, of one dtype
+inline bool same_cpu_float(const at::Tensor& x, const at::Tensor& y) {
+  return cpu_float(x) && y.device().is_cpu() && y.scalar_type() == x.scalar_type();
+}
+
+// s from its parameter p (scale codes: 0 s = p, 1 s = |p|, 2 s = 2^p), by the ATen
+// ops the PyTorch formula runs (the same values)
+inline at::Tensor scale_of(const at::Tensor& p, int64_t kind) {
+  TORCH_CHECK(kind >= 0 && kind <= 2, "hwquant: unknown scale code");
+  return kind == 0 ? p : (kind == 1 ? at::abs(p) : at::exp2(p));
+}
 
 // 2^(mantissa bits): every float at or above it is an integer.
 template <typename T>

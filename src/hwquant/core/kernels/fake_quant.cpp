@@ -23,7 +23,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
 
 #include <cmath>  // M_LN2
 #include <cstdint>
@@ -113,17 +112,11 @@ void grads(const T* x, const T* s, bool scalar, T lo, T hi, const T* g, int64_t 
   });
 }
 
-// s from its parameter p (scale codes: 0 s = p, 1 s = |p|, 2 s = 2^p)
-at::Tensor scale_of(const at::Tensor& p, int64_t kind) {
-  TORCH_CHECK(kind >= 0 && kind <= 2, "hwquant::fake_quant: unknown scale code");
-  return kind == 0 ? p : (kind == 1 ? at::abs(p) : at::exp2(p));
-}
-
 struct FakeQuant : public torch::autograd::Function<FakeQuant> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& p,
                             double lo, double hi, int64_t rounding, int64_t kind, bool need_x,
                             bool need_s) {
-    const at::Tensor s = scale_of(p, kind);
+    const at::Tensor s = hwq::scale_of(p, kind);
     // ∂s/∂p needs p (abs: sgn p) or s (exp2: s·ln 2)
     const at::Tensor chain = kind == 1 ? p : (kind == 2 ? s : at::Tensor());
     ctx->save_for_backward({x, s, chain});
@@ -167,19 +160,30 @@ struct FakeQuant : public torch::autograd::Function<FakeQuant> {
   }
 };
 
-at::Tensor fake_quant(const at::Tensor& x, const at::Tensor& p, double lo, double hi,
-                      int64_t rounding, int64_t kind) {
-  const bool grad = at::GradMode::is_enabled();
-  const bool need_x = grad && x.requires_grad();
-  const bool need_s = grad && p.requires_grad();
-  if (!need_x && !need_s) return quantize(x, scale_of(p, kind), lo, hi, rounding);
-  return FakeQuant::apply(x, p, lo, hi, rounding, kind, need_x, need_s);
+// x and its scale: CPU float32 / float64 of one dtype, the scale broadcasting to x
+bool serves(const at::Tensor& x, const at::Tensor& p) {
+  if (!hwq::same_cpu_float(x, p)) return false;
+  if (p.numel() == 1) return true;
+  if (p.dim() > x.dim()) return false;
+  for (int64_t i = 1; i <= p.dim(); ++i) {  // p broadcasts to x's shape
+    const int64_t a = p.size(-i), b = x.size(-i);
+    if (a != b && a != 1) return false;
+  }
+  return true;
 }
 
 }  // namespace
 
-TORCH_LIBRARY(hwquant, m) {
-  m.def("fake_quant(Tensor x, Tensor p, float lo, float hi, int rounding, int scale) -> Tensor");
+namespace hwq {
+
+std::optional<at::Tensor> fake_quant(const at::Tensor& x, const at::Tensor& p, double lo,
+                                     double hi, int64_t rounding, int64_t kind) {
+  if (!serves(x, p)) return std::nullopt;
+  const bool grad = at::GradMode::is_enabled();
+  const bool need_x = grad && x.requires_grad();
+  const bool need_s = grad && p.requires_grad();
+  if (!need_x && !need_s) return quantize(x, hwq::scale_of(p, kind), lo, hi, rounding);
+  return FakeQuant::apply(x, p, lo, hi, rounding, kind, need_x, need_s);
 }
 
-TORCH_LIBRARY_IMPL(hwquant, CompositeImplicitAutograd, m) { m.impl("fake_quant", fake_quant); }
+}  // namespace hwq
