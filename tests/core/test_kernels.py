@@ -162,12 +162,14 @@ def test_disabling_falls_back_without_a_warning(recwarn):
 
 
 # ---------------------------------------------------------------- A2Q / A2Q+
-def _a2q_layer(zero_centre: bool, bits: int, seed: int):
+def _a2q_layer(zero_centre: bool, bits: int, seed: int, log2: bool = True):
     from hwquant.nn import QuantLinear
-    from hwquant.spec import A2Q, A4U, A2QPlus, LayerSpec
+    from hwquant.spec import A2Q, A4U, A2QPlus, LayerSpec, ScaleSpec
 
     torch.manual_seed(seed)
-    spec = (A2QPlus if zero_centre else A2Q)(IntFormat(4, narrow=True), accumulator_bits=bits)
+    scale = ScaleSpec("max", learned=True, log2_domain=log2)  # s = 2^p or |p|
+    kind = A2QPlus if zero_centre else A2Q
+    spec = kind(IntFormat(4, narrow=True), scale=scale, accumulator_bits=bits)
     layer = QuantLinear(48, 24, spec=LayerSpec(input=A4U, weight=spec))
     with torch.no_grad():  # some channels beyond the budget (g clamped), some inside
         layer.weight_quant.norm_param.add_(torch.randn(24))
@@ -187,9 +189,10 @@ def _a2q_run(layer, x, gy):
 
 @pytest.mark.parametrize("zero_centre", [False, True], ids=["A2Q", "A2Q+"])
 @pytest.mark.parametrize("bits", [10, 12, 16])
-def test_a2q_kernel_equals_the_autograd_node(zero_centre, bits, formula):
+@pytest.mark.parametrize("log2", [True, False], ids=["s=2^p", "s=|p|"])
+def test_a2q_kernel_equals_the_autograd_node(zero_centre, bits, log2, formula):
     """Weight values, bias clip and every parameter's gradient: compiled = Python."""
-    layer = _a2q_layer(zero_centre, bits, seed=bits)
+    layer = _a2q_layer(zero_centre, bits, seed=bits, log2=log2)
     x = torch.rand(8, 48)
     layer(x)  # initializes the input quantizer
     gy = torch.randn(24, 48)
@@ -198,6 +201,41 @@ def test_a2q_kernel_equals_the_autograd_node(zero_centre, bits, formula):
         ref = _a2q_run(layer, x, gy)
     for a, b in zip(kern, ref, strict=True):
         assert (a is None and b is None) or _same(a, b)
+
+
+@pytest.mark.parametrize("case", ["conv-f64", "conv-transposed"])
+def test_a2q_kernel_on_conv_weights(case, formula):
+    """4-d weights (rows: the output channels) and float64: compiled = Python; a
+    transposed conv's rows lie along axis 1, which takes the formula."""
+    from hwquant.nn import QuantConv2d, QuantConvTranspose2d
+    from hwquant.spec import A2Q, A4U, LayerSpec
+
+    torch.manual_seed(5)
+    spec = LayerSpec(input=A4U, weight=A2Q(IntFormat(4, narrow=True), accumulator_bits=12))
+    if case == "conv-f64":
+        layer = QuantConv2d(6, 10, 3, spec=spec).double()
+    else:
+        layer = QuantConvTranspose2d(6, 10, 3, spec=spec)
+    wq = layer.weight_quant
+    with torch.no_grad():
+        wq.norm_param.add_(torch.randn(wq.channels, dtype=wq.norm_param.dtype))
+    gy = torch.randn(layer.weight.shape, dtype=layer.weight.dtype)
+    if case == "conv-f64":
+        src = wq.scale_source()
+        assert (
+            kernels.a2q_fake_quant(layer.weight, wq.norm_param, *src, 9.0, False, -7, 7) is not None
+        )
+    else:
+        assert wq.axis == 1
+    runs = []
+    for path in (nullcontext(), formula):
+        layer.zero_grad(set_to_none=True)
+        with path:
+            w = layer.quant_weight()
+        (w * gy).sum().backward()
+        runs.append([w.detach()] + [p.grad for p in (layer.weight, wq.norm_param, wq.scale_param)])
+    for a, b in zip(*runs, strict=True):
+        assert _same(a, b)
 
 
 def test_a2q_bias_range_equals_the_reference():

@@ -226,14 +226,17 @@ class A2QWeightQuantizer(Quantizer):
     def forward(self, v: Tensor) -> Tensor:
         if self._fused and self._forward == self._forward_static:
             # one autograd node, the values of the two-step path below (_A2QFakeQuant,
-            # or the same ops compiled, hwquant.core.kernels)
+            # or compiled with 2^γ and s(p) inside, hwquant.core.kernels)
+            bound, g = self.l1_bound * (1.0 - MARGIN), self.grid
+            src = self.scale_source() if self.axis == 0 else None
+            if src is not None:
+                args = (bound, self.zero_centre, g.lo, g.hi)
+                out = kernels.a2q_fake_quant(v, self.norm_param, *src, *args)
+                if out is not None:
+                    return out
             a = torch.exp2(self.norm_param)
             rows, s = self._rows_raw(v), self._scale_rows()
-            bound, g = self.l1_bound * (1.0 - MARGIN), self.grid
-            out = kernels.a2q_fake_quant(rows, a, s, bound, self.zero_centre, g.lo, g.hi)
-            if out is None:
-                out = _A2QFakeQuant.apply(rows, a, s, self)
-            return self._unrows(out, v)
+            return self._unrows(_A2QFakeQuant.apply(rows, a, s, self), v)
         return self._forward(self._weight_fn(v))
 
     def _rows_raw(self, v: Tensor) -> Tensor:

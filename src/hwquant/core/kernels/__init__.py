@@ -198,15 +198,26 @@ def _run(fn, *args):
 
 
 def a2q_fake_quant(
-    v: Tensor, a: Tensor, s: Tensor, bound: float, zero_centre: bool, lo: float, hi: float
+    v: Tensor,
+    gamma: Tensor,
+    p: Tensor,
+    kind: int,
+    bound: float,
+    zero_centre: bool,
+    lo: float,
+    hi: float,
 ) -> Tensor | None:
-    """The A2Q / A2Q+ weight fake quantization of rows v [C, K] (a = 2^γ, s [C]) as
-    one compiled node: the values and gradients of ``hwquant.nn.a2q._A2QFakeQuant``
-    (the same ATen ops); None where the kernel does not apply."""
-    if not _plain(v, a, s):
+    """The A2Q / A2Q+ weight fake quantization of v [C, ...] (rows: the output
+    channels, axis 0) as one compiled node, from the parameters γ [C] (a = 2^γ) and
+    p (one value per row; s = p, |p| or 2^p for ``kind`` ``SCALE`` / ``ABS_SCALE`` /
+    ``EXP2_SCALE``): the values and gradients (for v, γ and p) of
+    ``hwquant.nn.a2q._A2QFakeQuant`` fed with torch.exp2(γ) and s(p); None where the
+    kernel does not apply."""
+    if not _plain(v, gamma, p):
         return None
     op = _op if _op is not None else _first_load()
-    return None if op is None else _run(op.a2q_fake_quant, v, a, s, bound, zero_centre, lo, hi)
+    args = (v, gamma, p, kind, bound, zero_centre, lo, hi)
+    return None if op is None else _run(op.a2q_fake_quant, *args)
 
 
 def a2q_bias_range(

@@ -1,21 +1,22 @@
 // hwquant's compiled A2Q / A2Q+ weight fake quantization: one C++ autograd node.
 //
 // The PyTorch reference is the autograd node _A2QFakeQuant in hwquant/nn/a2q.py (its
-// docstring and the module's give the math). The row reductions are the same ATen ops
-// (so the float64 sums are the same numbers); the elementwise work is three loops that
-// round each product and quotient exactly as those ops do: values and gradients are
-// identical (tested). What it saves is some forty small ops and their Python per call,
-// which dominate the step of a small A2Q model.
+// docstring and the module's give the math), fed with a = torch.exp2(γ) and the
+// quantizer's scale s(p). The row sums are ATen's (over the same float64 values, so
+// the same numbers); everything else is loops that round each product and quotient
+// exactly as those ops do: values and gradients are identical (tested). What it saves
+// is some forty small ops and their Python per call, which dominate the step of a small
+// A2Q model.
 //
-//   r = v (A2Q) or v − mean(v) (A2Q+), per row c of v [C, K]
-//   g = min(a, T'·s)          a = 2^γ, T' = T·(1 − margin)
+//   r = v (A2Q) or v − mean(v) (A2Q+), per row c of v [C, K] (the output channels)
+//   g = min(a, T'·s)          a = 2^γ, T' = T·(1 − margin), s = p, |p| or 2^p
 //   w = r · g / max(‖r‖₁ (+ |Σ r| for A2Q+), g·1e-6)     (the sums in float64)
 //   x̂ = s · trunc(clamp(w / s, lo, hi))
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <cmath>
+#include <cmath>  // M_LN2
 #include <cstdint>
 
 #include "common.h"
@@ -44,19 +45,20 @@ HWQ_CLONES void forward_rows(const T* __restrict r, const T* __restrict f, const
 }
 
 // The forward again, then per element: gw = g·[inside], gd = g·(inside ? q − u : q)
-// (its row sums are ∂s, LSQ) and gwr = gw·r (its row sums, in float64, reach g).
+// (its row sums are ∂s, LSQ) and gwr = gw·r, stored in float64 (exact) for its row sums,
+// which reach g.
 template <typename T>
 HWQ_CLONES void backward_rows(const T* __restrict r, const T* __restrict f,
                               const T* __restrict s, T lo, T hi, const T* __restrict g,
                               int64_t rows, int64_t k, T* __restrict gw, T* __restrict gd,
-                              T* __restrict gwr) {
+                              double* __restrict gwr) {
   for (int64_t c = 0; c < rows; ++c) {
     const T fc = f[c], sc = s[c];
     const T* __restrict rc = r + c * k;
     const T* __restrict gc = g + c * k;
     T* __restrict wc = gw + c * k;
     T* __restrict dc = gd + c * k;
-    T* __restrict xc = gwr + c * k;
+    double* __restrict xc = gwr + c * k;
     for (int64_t i = 0; i < k; ++i) {
       const T u = (rc[i] * fc) / sc;
       T cl = u < lo ? lo : u;
@@ -66,45 +68,108 @@ HWQ_CLONES void backward_rows(const T* __restrict r, const T* __restrict f,
       const T w = gc[i] * (in ? T(1) : T(0));  // ATen's grad · inside (g·0 = ±0, inf·0 = nan)
       wc[i] = w;
       dc[i] = gc[i] * (in ? q - u : q);
-      xc[i] = w * rc[i];
+      xc[i] = static_cast<double>(w * rc[i]);
     }
   }
 }
 
-// gr = gw·f_c + l_c·sgn(r) per row
+// gr = gw·f_c + l_c·sign(r) per row (sign as torch.sign: 0 for ±0 and NaN)
 template <typename T>
 HWQ_CLONES void chain_rows(const T* __restrict gw, const T* __restrict f, const T* __restrict l,
-                           const T* __restrict sgn, int64_t rows, int64_t k, T* __restrict gr) {
+                           const T* __restrict r, int64_t rows, int64_t k, T* __restrict gr) {
   for (int64_t c = 0; c < rows; ++c) {
     const T fc = f[c], lc = l[c];
     const T* __restrict wc = gw + c * k;
-    const T* __restrict sc = sgn + c * k;
+    const T* __restrict rc = r + c * k;
     T* __restrict oc = gr + c * k;
-    for (int64_t i = 0; i < k; ++i) oc[i] = wc[i] * fc + lc * sc[i];
+    for (int64_t i = 0; i < k; ++i) {
+      const T sign = T(T(0) < rc[i]) - T(rc[i] < T(0));
+      oc[i] = wc[i] * fc + lc * sign;
+    }
+  }
+}
+
+// |r| and (A2Q+) r in float64, exact, for their row sums: ATen's r.abs().sum(1,
+// dtype=float64) casts first, so these sums are its numbers
+template <typename T>
+HWQ_CLONES void wide_abs(const T* __restrict r, int64_t n, double* __restrict abs_out,
+                         double* __restrict r_out) {
+  for (int64_t i = 0; i < n; ++i) abs_out[i] = static_cast<double>(std::fabs(r[i]));
+  if (r_out != nullptr)
+    for (int64_t i = 0; i < n; ++i) r_out[i] = static_cast<double>(r[i]);
+}
+
+// max as torch.maximum: NaN if either is NaN
+inline double nan_max(double a, double b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+
+// The per-row numbers of the forward: m = s·T', g = where(a > m, m, a), divisor =
+// max(l1 (+ |Σr|), g·1e-6) and factor = g / divisor, in the dtypes of the formula
+template <typename T>
+void row_factors(const T* a, const T* s, T bound, const double* l1, const double* rsum,
+                 int64_t rows, T* g, bool* clamped, double* divisor, T* factor) {
+  for (int64_t c = 0; c < rows; ++c) {
+    const T m = s[c] * bound;
+    clamped[c] = a[c] > m;
+    g[c] = clamped[c] ? m : a[c];
+    const double l = rsum != nullptr ? l1[c] + std::fabs(rsum[c]) : l1[c];
+    const double g64 = static_cast<double>(g[c]);
+    divisor[c] = nan_max(l, g64 * 1e-6);
+    factor[c] = static_cast<T>(g64 / divisor[c]);
+  }
+}
+
+// The per-row numbers of the backward from gf = Σ gw·r (float64) and gs = Σ gd: the
+// gradients of l1 (gl1), of γ (through a = 2^γ) and of s (LSQ + the clamp's share)
+template <typename T>
+void row_grads(const double* gf, const T* factor, const double* divisor, const T* g,
+               const bool* clamped, const T* a, T bound, int64_t rows, T* gl1, T* gs,
+               T* ggamma) {
+  for (int64_t c = 0; c < rows; ++c) {
+    const bool live = divisor[c] > static_cast<double>(g[c]) * 1e-6;  // else factor is constant
+    const double gg64 = live ? gf[c] / divisor[c] : 0.0;
+    gl1[c] = live ? static_cast<T>(-gf[c] * static_cast<double>(factor[c]) / divisor[c]) : T(0);
+    const T gg = static_cast<T>(gg64);
+    const T ga = clamped[c] ? T(0) : gg;
+    gs[c] = gs[c] + (clamped[c] ? gg : T(0)) * bound;
+    ggamma[c] = ga * a[c] * static_cast<T>(M_LN2);  // torch.exp2's derivative
   }
 }
 
 struct A2QFakeQuant : public torch::autograd::Function<A2QFakeQuant> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& v, const at::Tensor& a,
-                            const at::Tensor& s, double bound, bool zero_centre, double lo,
-                            double hi) {
-    const at::Tensor r = (zero_centre ? v - v.mean(1, true) : v).contiguous();
-    const at::Tensor m = s * bound;
-    const at::Tensor clamped = a > m;
-    const at::Tensor g = at::where(clamped, m, a);
-    at::Tensor l1 = r.abs().sum(1, false, at::kDouble);
-    if (zero_centre) l1 = l1 + r.sum(1, false, at::kDouble).abs();
-    const at::Tensor g64 = g.to(at::kDouble);
-    const at::Tensor divisor = at::maximum(l1, g64 * 1e-6);
-    const at::Tensor factor = (g64 / divisor).to(r.scalar_type()).contiguous();
-    const at::Tensor sc = s.contiguous();
-    at::Tensor out = at::empty_like(r);
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& v, const at::Tensor& gamma,
+                            const at::Tensor& p, int64_t kind, double bound, bool zero_centre,
+                            double lo, double hi) {
+    const int64_t rows = v.size(0);
+    const at::Tensor v2 = v.reshape({rows, -1});
+    const int64_t k = v2.size(1);
+    const at::Tensor r = (zero_centre ? v2 - v2.mean(1, true) : v2).contiguous();
+    const at::Tensor a = at::exp2(gamma).reshape({rows}).contiguous();
+    const at::Tensor s_p = hwq::scale_of(p, kind);  // the scale, shaped like p
+    const at::Tensor s = s_p.reshape({rows}).contiguous();
+    const auto dt = r.options();
+    const auto d64 = dt.dtype(at::kDouble);
+    at::Tensor wide = at::empty({rows, k}, d64);
+    at::Tensor wide_r = zero_centre ? at::empty({rows, k}, d64) : at::Tensor();
+    at::Tensor g = at::empty({rows}, dt), factor = at::empty({rows}, dt);
+    at::Tensor clamped = at::empty({rows}, dt.dtype(at::kBool));
+    at::Tensor divisor = at::empty({rows}, d64);
+    at::Tensor out = at::empty(v.sizes(), dt);
     AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "hwquant_a2q_forward", [&] {
-      forward_rows<scalar_t>(r.const_data_ptr<scalar_t>(), factor.const_data_ptr<scalar_t>(),
-                             sc.const_data_ptr<scalar_t>(), scalar_t(lo), scalar_t(hi),
-                             r.size(0), r.size(1), out.data_ptr<scalar_t>());
+      const scalar_t* rp = r.const_data_ptr<scalar_t>();
+      wide_abs<scalar_t>(rp, rows * k, wide.data_ptr<double>(),
+                         zero_centre ? wide_r.data_ptr<double>() : nullptr);
+      const at::Tensor l1 = wide.sum(1);
+      const at::Tensor rsum = zero_centre ? wide_r.sum(1) : at::Tensor();
+      row_factors<scalar_t>(a.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                            static_cast<scalar_t>(bound), l1.const_data_ptr<double>(),
+                            zero_centre ? rsum.const_data_ptr<double>() : nullptr, rows,
+                            g.data_ptr<scalar_t>(), clamped.data_ptr<bool>(),
+                            divisor.data_ptr<double>(), factor.data_ptr<scalar_t>());
+      forward_rows<scalar_t>(rp, factor.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                             scalar_t(lo), scalar_t(hi), rows, k, out.data_ptr<scalar_t>());
     });
-    ctx->save_for_backward({r, factor, sc, divisor, g, clamped});
+    ctx->save_for_backward({r, factor, s, divisor, g, clamped, a, p, s_p});
+    ctx->saved_data["kind"] = kind;
     ctx->saved_data["zero_centre"] = zero_centre;
     ctx->saved_data["bound"] = bound;
     ctx->saved_data["lo"] = lo;
@@ -115,39 +180,41 @@ struct A2QFakeQuant : public torch::autograd::Function<A2QFakeQuant> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &r = saved[0], &factor = saved[1], &s = saved[2], &divisor = saved[3];
-    const at::Tensor &g = saved[4], &clamped = saved[5];
-    const at::Tensor grad = grads[0].contiguous();
+    const at::Tensor &g = saved[4], &clamped = saved[5], &a = saved[6], &p = saved[7];
+    const int64_t kind = ctx->saved_data["kind"].toInt();
     const bool zero_centre = ctx->saved_data["zero_centre"].toBool();
     const double bound = ctx->saved_data["bound"].toDouble();
     const double lo = ctx->saved_data["lo"].toDouble(), hi = ctx->saved_data["hi"].toDouble();
     const int64_t rows = r.size(0), k = r.size(1);
+    const at::Tensor grad = grads[0].reshape({rows, k}).contiguous();
+    const auto dt = r.options();
 
-    at::Tensor gw = at::empty_like(r), gd = at::empty_like(r), gwr = at::empty_like(r);
-    AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "hwquant_a2q_backward", [&] {
-      backward_rows<scalar_t>(r.const_data_ptr<scalar_t>(), factor.const_data_ptr<scalar_t>(),
-                              s.const_data_ptr<scalar_t>(), scalar_t(lo), scalar_t(hi),
-                              grad.const_data_ptr<scalar_t>(), rows, k, gw.data_ptr<scalar_t>(),
-                              gd.data_ptr<scalar_t>(), gwr.data_ptr<scalar_t>());
-    });
-    at::Tensor gs = gd.sum(1);  // LSQ
-    const at::Tensor gf = gwr.sum(1, false, at::kDouble);
-    const at::Tensor live = divisor > g.to(at::kDouble) * 1e-6;  // else factor is constant
-    at::Tensor gg = at::where(live, gf / divisor, 0.0);
-    const at::Tensor gl1 = at::where(live, -gf * factor.to(at::kDouble) / divisor, 0.0)
-                               .to(r.scalar_type())
-                               .contiguous();
-    const at::Tensor sgn = at::sign(r);
+    at::Tensor gw = at::empty_like(r), gd = at::empty_like(r);
+    at::Tensor gwr = at::empty({rows, k}, dt.dtype(at::kDouble));
     at::Tensor gr = at::empty_like(r);
-    AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "hwquant_a2q_chain", [&] {
-      chain_rows<scalar_t>(gw.const_data_ptr<scalar_t>(), factor.const_data_ptr<scalar_t>(),
-                           gl1.const_data_ptr<scalar_t>(), sgn.const_data_ptr<scalar_t>(), rows,
-                           k, gr.data_ptr<scalar_t>());
+    at::Tensor gl1 = at::empty({rows}, dt), ggamma = at::empty({rows}, dt), gs;
+    AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "hwquant_a2q_backward", [&] {
+      const scalar_t *rp = r.const_data_ptr<scalar_t>(), *fp = factor.const_data_ptr<scalar_t>();
+      backward_rows<scalar_t>(rp, fp, s.const_data_ptr<scalar_t>(), scalar_t(lo), scalar_t(hi),
+                              grad.const_data_ptr<scalar_t>(), rows, k, gw.data_ptr<scalar_t>(),
+                              gd.data_ptr<scalar_t>(), gwr.data_ptr<double>());
+      gs = gd.sum(1).contiguous();  // LSQ
+      const at::Tensor gf = gwr.sum(1);
+      row_grads<scalar_t>(gf.const_data_ptr<double>(), fp, divisor.const_data_ptr<double>(),
+                          g.const_data_ptr<scalar_t>(), clamped.const_data_ptr<bool>(),
+                          a.const_data_ptr<scalar_t>(), static_cast<scalar_t>(bound), rows,
+                          gl1.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(),
+                          ggamma.data_ptr<scalar_t>());
+      chain_rows<scalar_t>(gw.const_data_ptr<scalar_t>(), fp, gl1.const_data_ptr<scalar_t>(), rp,
+                           rows, k, gr.data_ptr<scalar_t>());
     });
     if (zero_centre) gr = gr - gr.mean(1, true);
-    gg = gg.to(g.scalar_type());
-    const at::Tensor ga = at::where(clamped, 0.0, gg);
-    gs = gs + at::where(clamped, gg, 0.0) * bound;
-    return {gr, ga, gs, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    // s = s(p): the chain rule of torch.abs / torch.exp2, as in fake_quant.cpp
+    at::Tensor gp = gs.reshape(p.sizes());
+    if (kind == 1) gp = gp * p.sgn();
+    if (kind == 2) gp = gp * saved[8] * M_LN2;
+    return {gr.reshape(grads[0].sizes()), ggamma, kind == 0 ? at::Tensor() : gp,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -155,13 +222,14 @@ struct A2QFakeQuant : public torch::autograd::Function<A2QFakeQuant> {
 
 namespace hwq {
 
-std::optional<at::Tensor> a2q_fake_quant(const at::Tensor& v, const at::Tensor& a,
-                                         const at::Tensor& s, double bound, bool zero_centre,
-                                         double lo, double hi) {
-  TORCH_CHECK(v.dim() == 2 && a.dim() == 1 && s.dim() == 1,
-              "hwquant a2q_fake_quant: v [C, K], a [C] and s [C]");
-  if (!same_cpu_float(v, a) || !same_cpu_float(v, s)) return std::nullopt;
-  return A2QFakeQuant::apply(v, a, s, bound, zero_centre, lo, hi);
+std::optional<at::Tensor> a2q_fake_quant(const at::Tensor& v, const at::Tensor& gamma,
+                                         const at::Tensor& p, int64_t kind, double bound,
+                                         bool zero_centre, double lo, double hi) {
+  TORCH_CHECK(v.dim() >= 2 && gamma.dim() == 1 && gamma.numel() == v.size(0) &&
+                  p.numel() == v.size(0),
+              "hwquant a2q_fake_quant: v [C, ...], γ [C] and p of one value per row");
+  if (!same_cpu_float(v, gamma) || !same_cpu_float(v, p)) return std::nullopt;
+  return A2QFakeQuant::apply(v, gamma, p, kind, bound, zero_centre, lo, hi);
 }
 
 }  // namespace hwq

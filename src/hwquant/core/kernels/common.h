@@ -14,9 +14,9 @@ namespace hwq {
 // ---- the kernels (each returns None to Python where it does not serve its inputs)
 std::optional<at::Tensor> fake_quant(const at::Tensor& x, const at::Tensor& p, double lo,
                                      double hi, int64_t rounding, int64_t kind);
-std::optional<at::Tensor> a2q_fake_quant(const at::Tensor& v, const at::Tensor& a,
-                                         const at::Tensor& s, double bound, bool zero_centre,
-                                         double lo, double hi);
+std::optional<at::Tensor> a2q_fake_quant(const at::Tensor& v, const at::Tensor& gamma,
+                                         const at::Tensor& p, int64_t kind, double bound,
+                                         bool zero_centre, double lo, double hi);
 std::optional<std::tuple<at::Tensor, at::Tensor>> a2q_bias_range(const at::Tensor& w_hat,
                                                                  const at::Tensor& s,
                                                                  int64_t x_min, int64_t x_max,
