@@ -48,7 +48,12 @@ clamp holds g at T·s, so the codes start on the whole budget in the float chann
 direction, and g only takes over once training brings the channel inside. (Starting g
 at the clamp instead, where its gradient can shrink it, cost up to 9 points of digits
 accuracy at P = 10–11; ``benchmarks/peers.py``.) :func:`ep_init` projects each channel
-onto the L1 ball of radius s·T instead (A2Q+ paper), and :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
+onto the L1 ball of radius s·T instead (A2Q+ paper). Where the budget is so tight that
+*every* code of a layer truncates to 0 (T·max|r|/‖r‖₁ < 1 in every channel: the layer
+passes no signal and no gradient, so QAT cannot start), ``hwquant.quantize`` (a layer's
+``reset_weight_scale``) initializes that layer by :func:`ep_init` instead, with a
+warning (:meth:`~A2QWeightQuantizer.revive`; on digits, A2Q at P = 10 then trains to
+about 67 % where it stays at chance). :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
 codes from data (:meth:`~A2QWeightQuantizer.freeze_codes`; :func:`unfreeze` resumes
 QAT from them). Layers build the quantizer from an A2Q weight spec and their input
 quantizer; other matmuls (e.g. recurrent gates) can build one directly with
@@ -69,6 +74,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -278,6 +284,24 @@ class A2QWeightQuantizer(Quantizer):
         proj = project_l1_ball(rows, radius)
         self._set_state(s, torch.minimum(proj.abs().sum(1), radius))
         return self._unrows(proj, v)
+
+    @torch.no_grad()
+    def revive(self, v: Tensor) -> Tensor | None:
+        """None where some code of ``v`` is nonzero in the current state; where every
+        code is 0 (the budget truncates the whole layer away, so it passes no signal
+        and gets no gradient), :meth:`ep_init` of ``v`` with a warning: returns the
+        weight for the caller to store (module docstring)."""
+        if bool((self.code_rows(v) != 0).any()):
+            return None
+        warnings.warn(
+            f"{self.owner}: every weight code is 0 under the {self.accumulator_bits}-bit "
+            f"accumulator budget (T = {self.l1_bound:.4g} code units per channel) at the "
+            "default A2Q init, so the layer would pass no signal; it is initialized by "
+            "Euclidean projection (ep_init) instead, which changes its float weights",
+            UserWarning,
+            stacklevel=5,  # the caller of reset_weight_scale (both run under no_grad)
+        )
+        return self.ep_init(v)
 
     @torch.no_grad()
     def freeze_codes(self, q: Tensor, s: Tensor) -> Tensor:

@@ -255,11 +255,17 @@ class QuantWeightLayer(QuantLayer):
 
     @torch.no_grad()
     def reset_weight_scale(self) -> None:
-        """Re-derive learned weight / bias scales from the current parameters."""
+        """Re-derive learned weight / bias scales from the current parameters (an A2Q
+        layer whose every code would be 0 is initialized by ep_init instead, which
+        changes its weight: :meth:`A2QWeightQuantizer.revive`)."""
         bias = self.bias if self._has_bias() else None
         for q, p in ((self.weight_quant, self.weight), (self.bias_quant, bias)):
             if isinstance(q, Quantizer) and q.spec.scale.learned and p is not None:
                 q.init_from(p)
+        if isinstance(self.weight_quant, A2QWeightQuantizer):
+            revived = self.weight_quant.revive(self.weight)
+            if revived is not None:
+                self.weight.copy_(revived)
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         mask = state_dict.get(prefix + MASK)

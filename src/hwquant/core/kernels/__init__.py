@@ -162,10 +162,15 @@ def _build():
     return module
 
 
-def _plain(*ts) -> bool:
-    """Plain tensors (no subclass, no Python number) in eager mode: what the module's
-    functions may see (they check device, dtype and shapes themselves)."""
-    return all(type(t) in _PLAIN for t in ts) and not _is_compiling()
+def _plain(a, b, c=None) -> bool:
+    """Plain tensors (no subclass, no Python number; ``c`` may be None) in eager mode:
+    what the module's functions may see (they check device, dtype and shapes)."""
+    return (
+        type(a) in _PLAIN
+        and type(b) in _PLAIN
+        and (c is None or type(c) in _PLAIN)
+        and not _is_compiling()
+    )
 
 
 def fake_quant(
@@ -256,7 +261,7 @@ def accumulator_bias(
     per channel) are the scales or their parameters (scale codes ``kind_in`` /
     ``kind_w``, as in :func:`fake_quant`). The values and gradient of
     ``QuantWeightLayer._bias_on_accumulator_scale``; None where it does not apply."""
-    if not _plain(bias, p_in, p_w) or (w_rows is not None and type(w_rows) not in _PLAIN):
+    if not _plain(bias, p_in, p_w) or not (w_rows is None or type(w_rows) in _PLAIN):
         return None
     op = _op if _op is not None else _first_load()
     if op is None:
