@@ -155,17 +155,12 @@ class Quantizer(nn.Module):
         )
         #: the kernels' code for what scale() computes from its tensor (s, |p| or 2^p;
         #: None: more than that, e.g. a power-of-two learned scale), :meth:`scale_source`
-        self._scale_code = (
-            None
-            if type(self).scale is not Quantizer.scale or (sc.learned and sc.power_of_two)
-            else (
-                kernels.SCALE
-                if not sc.learned
-                else kernels.EXP2_SCALE
-                if self.log2
-                else kernels.ABS_SCALE
-            )
-        )
+        if type(self).scale is not Quantizer.scale or (sc.learned and sc.power_of_two):
+            self._scale_code = None
+        elif not sc.learned:
+            self._scale_code = kernels.SCALE
+        else:
+            self._scale_code = kernels.EXP2_SCALE if self.log2 else kernels.ABS_SCALE
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
         self.built_dynamic = self.dynamic
         self.role = "activation"  # "weight" for quantizers made by for_weight
