@@ -53,7 +53,7 @@ onto the L1 ball of radius s·T instead (A2Q+ paper). Where the budget is so tig
 passes no signal and no gradient, so QAT cannot start), ``hwquant.quantize`` (a layer's
 ``reset_weight_scale``) initializes that layer by :func:`ep_init` instead, with a
 warning (:meth:`~A2QWeightQuantizer.revive`; on digits, A2Q at P = 10 then trains to
-about 67 % where it stays at chance). :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
+60–70 % where it stays at chance, ``benchmarks/peers.py``). :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
 codes from data (:meth:`~A2QWeightQuantizer.freeze_codes`; :func:`unfreeze` resumes
 QAT from them). Layers build the quantizer from an A2Q weight spec and their input
 quantizer; other matmuls (e.g. recurrent gates) can build one directly with
