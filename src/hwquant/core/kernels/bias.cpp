@@ -91,15 +91,13 @@ void bias_rows(const T* __restrict b, T s_in, const T* __restrict s_w, bool scal
   }
 }
 
-// (b̂, mask) for the arguments of hwq::accumulator_bias
-std::tuple<at::Tensor, at::Tensor> bias_forward(const at::Tensor& bias, const at::Tensor& p_in,
-                                                int64_t kind_in, const at::Tensor& p_w,
-                                                int64_t kind_w, double qlo, double qhi,
+// (b̂, mask) for the arguments of hwq::accumulator_bias, given the scales s_in, s_w
+std::tuple<at::Tensor, at::Tensor> bias_forward(const at::Tensor& bias, const at::Tensor& s_in_t,
+                                                const at::Tensor& s_w_t, double qlo, double qhi,
                                                 int64_t rounding, const at::Tensor& w_rows,
                                                 int64_t x_min, int64_t x_max, int64_t bits) {
   const at::Tensor b = bias.contiguous();
-  const at::Tensor s_in = hwq::scale_of(p_in, kind_in).contiguous();
-  const at::Tensor s_w = hwq::scale_of(p_w, kind_w).contiguous();
+  const at::Tensor s_in = s_in_t.contiguous(), s_w = s_w_t.contiguous();
   const int64_t n = b.numel();
   at::Tensor lo, hi;
   at::Tensor out = at::empty_like(b);
@@ -125,21 +123,20 @@ std::tuple<at::Tensor, at::Tensor> bias_forward(const at::Tensor& bias, const at
 }
 
 struct AccumulatorBias : public torch::autograd::Function<AccumulatorBias> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& bias, const at::Tensor& p_in,
-                            int64_t kind_in, const at::Tensor& p_w, int64_t kind_w, double qlo,
-                            double qhi, int64_t rounding,
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& bias, const at::Tensor& s_in,
+                            const at::Tensor& s_w, double qlo, double qhi, int64_t rounding,
                             const std::optional<at::Tensor>& w_rows, int64_t x_min,
                             int64_t x_max, int64_t bits) {
     const at::Tensor rows = w_rows.has_value() ? *w_rows : at::Tensor();
-    auto [out, keep] = bias_forward(bias, p_in, kind_in, p_w, kind_w, qlo, qhi, rounding, rows,
-                                    x_min, x_max, bits);
+    auto [out, keep] =
+        bias_forward(bias, s_in, s_w, qlo, qhi, rounding, rows, x_min, x_max, bits);
     ctx->save_for_backward({keep});
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor keep = ctx->get_saved_variables()[0];
-    variable_list none(12);  // one per forward argument; only the bias has a gradient
+    variable_list none(10);  // one per forward argument; only the bias has a gradient
     none[0] = at::where(keep, grads[0], 0.0);
     return none;
   }
@@ -188,13 +185,19 @@ std::optional<at::Tensor> accumulator_bias(const at::Tensor& bias, const at::Ten
                 "hwquant accumulator_bias: weight rows [C, K] and 2 to 62 accumulator bits");
     if (!same_cpu_float(bias, w_rows)) return std::nullopt;
   }
-  if (!(at::GradMode::is_enabled() && bias.requires_grad())) {
-    at::NoGradGuard no_grad;  // the scales' parameters get no gradient here
-    return std::get<0>(bias_forward(bias, p_in, kind_in, p_w, kind_w, qlo, qhi, rounding,
-                                    w_rows, x_min, x_max, bits));
+  at::Tensor s_in, s_w;
+  {
+    at::NoGradGuard no_grad;  // the scales get no gradient here
+    s_in = hwq::scale_of(p_in, kind_in);
+    s_w = hwq::scale_of(p_w, kind_w);
   }
-  return AccumulatorBias::apply(bias, p_in.detach(), kind_in, p_w.detach(), kind_w, qlo, qhi,
-                                rounding, w_rows_in, x_min, x_max, bits);
+  if (!(at::GradMode::is_enabled() && bias.requires_grad())) {
+    auto [out, keep] = bias_forward(bias, s_in, s_w, qlo, qhi, rounding, w_rows, x_min, x_max,
+                                    bits);
+    return out;
+  }
+  return AccumulatorBias::apply(bias, s_in, s_w, qlo, qhi, rounding, w_rows_in, x_min, x_max,
+                                bits);
 }
 
 }  // namespace hwq
