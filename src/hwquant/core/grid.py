@@ -49,7 +49,15 @@ from hwquant.spec.formats import (
     TernaryFormat,
 )
 
-__all__ = ["GRIDS", "SCALE_FROM_PARAM", "Grid", "fake_quantize", "fake_quantize_param", "make_grid"]
+__all__ = [
+    "GRIDS",
+    "SCALE_FROM_PARAM",
+    "Grid",
+    "fake_quantize",
+    "fake_quantize_param",
+    "fake_quantize_tangent",
+    "make_grid",
+]
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,31 @@ def fake_quantize_param(x: Tensor, p: Tensor, parametrization: str, grid: Grid) 
     return fake_quantize(x, fn(p), None, grid)
 
 
+def _lsq_tangent(inside: Tensor, v: Tensor, q: Tensor) -> Tensor:
+    """∂x̂/∂s per element (module docstring): g(v) − v inside the range, g(c) outside."""
+    return torch.where(inside, q - v, q)
+
+
+@torch.no_grad()
+def fake_quantize_tangent(x: Tensor, scale: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
+    """(x̂, ∂x̂/∂s) without autograd for a saturating grid and no zero point: the value
+    of ``fake_quantize(x, scale, None, grid)`` and its LSQ derivative per element. A
+    layer linear in x̂ whose input needs no gradient gives s its gradient from these
+    (Σ ∂L/∂x̂ · ∂x̂/∂s without forming ∂L/∂x̂: :mod:`hwquant.nn.conv`).
+
+    >>> from hwquant.spec.formats import IntFormat
+    >>> x_hat, d = fake_quantize_tangent(torch.tensor([0.26, 9.0]), torch.tensor(0.25),
+    ...                                  make_grid(IntFormat(4)))
+    >>> x_hat.tolist(), [round(v, 2) for v in d.tolist()]
+    ([0.25, 1.75], [-0.04, 7.0])
+    """
+    if not grid.saturating:
+        raise ValueError("fake_quantize_tangent needs a saturating grid")
+    v = x / scale
+    q = grid.fn(v.clamp(grid.lo, grid.hi))
+    return q * scale, _lsq_tangent((v >= grid.lo) & (v <= grid.hi), v, q)
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """s·g(clamp(x/s, lo, hi)) with the straight-through / LSQ gradients of the
     module docstring (z = 0), as one autograd node. Written in the ``torch.func``
@@ -234,6 +267,5 @@ class _FakeQuantSTE(torch.autograd.Function):
         gx = torch.where(inside, g, 0.0) if ctx.needs_input_grad[0] else None
         gs = None
         if s is not None and ctx.needs_input_grad[1]:
-            # ∂x̂/∂s per element: g(v) − v inside the range, g(c) outside
-            gs = (g * torch.where(inside, q - v, q)).sum_to_size(s.shape)
+            gs = (g * _lsq_tangent(inside, v, q)).sum_to_size(s.shape)
         return gx, gs, None

@@ -34,7 +34,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from hwquant.core import kernels
-from hwquant.core.grid import fake_quantize, fake_quantize_param, make_grid
+from hwquant.core.grid import (
+    fake_quantize,
+    fake_quantize_param,
+    fake_quantize_tangent,
+    make_grid,
+)
 from hwquant.core.rounding import round_ste
 from hwquant.core.scaling import (
     EPS,
@@ -162,6 +167,15 @@ class Quantizer(nn.Module):
         else:
             self._scale_code = kernels.EXP2_SCALE if self.log2 else kernels.ABS_SCALE
         self.dynamic = dynamic and not sc.learned and sc.method != "fixed"
+        #: scale_tangent can serve: one learned scale, saturating grid, no zero point
+        self._tangent_ok = (
+            sc.learned
+            and spec.granularity.per_tensor
+            and spec.zero_point == "symmetric"
+            and self.grid.saturating
+            and type(self).scale is Quantizer.scale
+            and type(self).quantize is Quantizer.quantize
+        )
         self.built_dynamic = self.dynamic
         self.role = "activation"  # "weight" for quantizers made by for_weight
         self.fixed = False  # fix_scale: an algorithm chose the scale (kept in state dicts)
@@ -293,6 +307,32 @@ class Quantizer(nn.Module):
         if code is None or self.dynamic:
             return None
         return (self.scale_buf, code) if code == kernels.SCALE else (self.scale_param, code)
+
+    def scale_tangent(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(x̂, ∂x̂/∂s, s) for an ``x`` that needs no gradient while this quantizer's one
+        learned scale s does (static state, saturating grid, no zero point; x̂ and
+        ∂x̂/∂s without gradients, s with its own). A layer linear in x̂ gives s its
+        gradient from them as ⟨∂L/∂y, layer(∂x̂/∂s)⟩, without forming ∂L/∂x̂
+        (:mod:`hwquant.nn.conv`). None in every other case: call the quantizer.
+
+        >>> import dataclasses
+        >>> from hwquant.spec import A4
+        >>> q = Quantizer(dataclasses.replace(A4, scale=dataclasses.replace(A4.scale, warmup=0)))
+        >>> _ = q(torch.tensor([1.0, -1.0]))  # the first batch sets the scale
+        >>> x_hat, d, s = q.scale_tangent(torch.tensor([0.3, 2.0]))
+        >>> torch.equal(x_hat, q(torch.tensor([0.3, 2.0]))), s.requires_grad
+        (True, True)
+        """
+        if (
+            x.requires_grad
+            or not self._tangent_ok
+            or self._forward != self._forward_static
+            or not self.scale_param.requires_grad
+            or not torch.is_grad_enabled()
+        ):
+            return None
+        s = self.scale()
+        return (*fake_quantize_tangent(x, s.detach(), self.grid), s)
 
     def scale_for(self, x: Tensor) -> Tensor:
         """The scale used to quantize ``x`` (dynamic quantizers derive it from x)."""
