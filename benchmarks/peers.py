@@ -15,8 +15,9 @@
      batch 64, SGD with momentum; 4-bit per-channel weights, 4-bit activations.
    - ``cnn_eval``: that CNN's forward in eval mode, batch 256, no gradients.
 
-   hwquant is also timed under ``torch.compile`` (``fit(compile=True)``'s path) for the
-   training workloads. Every model first runs 310 steps (past hwquant's 100-batch scale
+   All models start from the same float weights (one seed). hwquant is also timed
+   under ``torch.compile`` (``fit(compile=True)``'s path) for the training
+   workloads. Every model first runs 310 steps (past hwquant's 100-batch scale
    warm-up and Brevitas' 300-step statistics phase), then the timed steps.
 
 2. **A2Q / A2Q+ accuracy on digits.** The MLP 64-128-128-10 without biases, 4-bit
@@ -221,6 +222,14 @@ def _stepper(model: nn.Module, x: Tensor, y: Tensor, opt_name: str | None) -> Ca
     return step
 
 
+def _seeded(build: Callable[..., nn.Module], *args) -> nn.Module:
+    """build(*args) from seed 0: every model of a workload starts from the same float
+    weights, so their activations (and data-dependent kernels such as max-pool's
+    compares) are alike."""
+    torch.manual_seed(0)
+    return build(*args)
+
+
 def speed(steps: int = 200, warm: int = WARM_STEPS, compile_: bool = True) -> dict:
     """Median thread-CPU ms per step of each workload for float, hwquant (eager and,
     with ``compile_``, compiled) and Brevitas, interleaved; ratios to float."""
@@ -231,15 +240,14 @@ def speed(steps: int = 200, warm: int = WARM_STEPS, compile_: bool = True) -> di
         x = torch.rand((batch, *shape), generator=gen)
         y = torch.randint(0, 10, (batch,), generator=gen)
         base = name.replace("_eval", "_w4a4")
-        torch.manual_seed(0)
         runs: dict[str, Callable[[], None]] = {
-            "float": _stepper(_cnn() if base.startswith("cnn") else _mlp(), x, y, opt_name),
-            "hwquant": _stepper(hwquant_model(base), x, y, opt_name),
-            "brevitas": _stepper(brevitas_model(base), x, y, opt_name),
+            "float": _stepper(_seeded(_cnn if base.startswith("cnn") else _mlp), x, y, opt_name),
+            "hwquant": _stepper(_seeded(hwquant_model, base), x, y, opt_name),
+            "brevitas": _stepper(_seeded(brevitas_model, base), x, y, opt_name),
         }
         compiled = None
         if compile_ and training:
-            compiled = hwquant_model(base)
+            compiled = _seeded(hwquant_model, base)
             runs["hwquant_compiled"] = _stepper(compiled, x, y, opt_name)
         for i in range(warm):
             for key, run in runs.items():

@@ -73,6 +73,12 @@ def activation_quantizer(spec, name: str = "") -> nn.Module:
     return nn.Identity() if spec is None else Quantizer(spec, name=name)
 
 
+def _unit_multiplier(d) -> bool:
+    """Whether a weight quantizer's code multiplier D leaves s_in·s_w as the
+    accumulator scale: D = 1 (integer codes), or None (minifloats: no integer codes)."""
+    return d is None or (type(d) is int and d == 1)
+
+
 def _quantizer_state_missing(module: nn.Module, prefix: str, state_dict) -> bool:
     if not isinstance(module, Quantizer):
         return False
@@ -220,8 +226,21 @@ class QuantWeightLayer(QuantLayer):
         wq = self.weight_quant
         w = self.masked_weight() if weight is None else weight
         s = self.input_quant.scale() * wq.scale_for(w)
-        d = wq.code_multiplier()  # None (minifloat weights): no integer codes, s_in·s_w
-        return s if d is None or (isinstance(d, int) and d == 1) else s / d
+        d = wq.code_multiplier()
+        return s if _unit_multiplier(d) else s / d
+
+    def accumulator_scale_source(self) -> tuple[Tensor, int, Tensor, int] | None:
+        """What :meth:`accumulator_scale` multiplies, for the compiled kernels: (input
+        scale tensor, code, weight scale tensor, code) of
+        :meth:`Quantizer.scale_source` where the accumulator scale is s_in·s_w itself
+        (no code multiplier) and both scales are plain; else None."""
+        iq, wq = self.input_quant, self.weight_quant
+        if not isinstance(iq, Quantizer) or not isinstance(wq, Quantizer):
+            return None
+        if not _unit_multiplier(wq.code_multiplier()):
+            return None
+        src_in, src_w = iq.scale_source(), wq.scale_source()
+        return None if src_in is None or src_w is None else (*src_in, *src_w)
 
     def _bias_on_accumulator_scale(self, w_hat: Tensor | None = None) -> Tensor:
         # The bias follows s_in·s_w; its rounding does not steer those scales (no
@@ -238,20 +257,17 @@ class QuantWeightLayer(QuantLayer):
         """_bias_on_accumulator_scale as one compiled node (the same values and
         gradient, :func:`hwquant.core.kernels.accumulator_bias`), or None where the
         kernel does not serve this layer now (the formula runs)."""
-        bq, iq, wq = self.bias_quant, self.input_quant, self.weight_quant
+        bq, wq = self.bias_quant, self.weight_quant
         g = bq.grid
         if g.kernel is None or bq._forward != bq._forward_quant:
             return None
-        if not isinstance(iq, Quantizer) or not isinstance(wq, Quantizer):
-            return None
-        src_in, src_w = iq.scale_source(), wq.scale_source()
-        d = wq.code_multiplier()
-        if src_in is None or src_w is None or not (d is None or (type(d) is int and d == 1)):
+        sources = self.accumulator_scale_source()
+        if sources is None:
             return None
         clip = wq.bias_clip_args(self.bias, w_hat) if isinstance(wq, A2QWeightQuantizer) else ()
         if clip is None:
             return None
-        return kernels.accumulator_bias(self.bias, *src_in, *src_w, g.lo, g.hi, g.kernel, *clip)
+        return kernels.accumulator_bias(self.bias, *sources, g.lo, g.hi, g.kernel, *clip)
 
     @torch.no_grad()
     def reset_weight_scale(self) -> None:
