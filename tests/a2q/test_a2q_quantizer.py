@@ -282,3 +282,31 @@ def test_fused_forward_matches_two_step_path(spec, layer_cls):
     assert torch.equal(results[0][0], results[1][0])
     for a, b in zip(results[0][1:], results[1][1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # torch's vmap fallback
+@pytest.mark.parametrize("kind", [A2Q, A2QPlus], ids=["A2Q", "A2Q+"])
+def test_torch_func_grad_and_vmap_through_a2q_layers(kind):
+    """torch.func (per-sample gradients, functional training) sees the A2Q node's
+    gradients: grad through functional_call equals eager backward; vmap runs."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    spec = LayerSpec(input=A4U, weight=kind(IntFormat(4, narrow=True), accumulator_bits=12))
+    layer = QuantLinear(16, 4, bias=False, spec=spec)
+    x = torch.rand(8, 16)
+    layer(x)
+    layer.eval()  # no warm-up statistics: the transform may not mutate buffers
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    buffers = dict(layer.named_buffers())
+
+    def loss(p, xs):
+        return functional_call(layer, (p, buffers), (xs,)).square().sum()
+
+    g = grad(loss)(params, x)
+    layer(x).square().sum().backward()
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(g[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x[:, None])
+    assert per_sample["weight"].shape == (8, 4, 16)
+    torch.testing.assert_close(per_sample["weight"].sum(0), g["weight"], rtol=1e-4, atol=1e-6)

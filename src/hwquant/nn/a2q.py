@@ -242,7 +242,8 @@ class A2QWeightQuantizer(Quantizer):
                     return out
             a = torch.exp2(self.norm_param)
             rows, s = self._rows_raw(v), self._scale_rows()
-            return self._unrows(_A2QFakeQuant.apply(rows, a, s, self), v)
+            y = _A2QFakeQuant.apply(rows, a, s, self.zero_centre, bound, g)[0]
+            return self._unrows(y, v)
         return self._forward(self._weight_fn(v))
 
     def _rows_raw(self, v: Tensor) -> Tensor:
@@ -483,26 +484,36 @@ class _A2QFakeQuant(torch.autograd.Function):
     (straight-through for w, LSQ for s; checked against it in the tests). Per call it
     saves some thirty small autograd nodes, which dominate the step of a small model.
 
-    Inputs: v rows [C, K] (not yet centred), a = 2^γ [C], s [C], the quantizer."""
+    Inputs: v rows [C, K] (not yet centred), a = 2^γ [C], s [C], whether to centre
+    the rows (A2Q+), the ℓ1 bound T and the grid. Written in the ``torch.func`` style
+    (forward without ctx): what backward needs rides along as further outputs, so
+    ``torch.func.grad`` / ``vmap`` work through it."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, v: Tensor, a: Tensor, s: Tensor, q: A2QWeightQuantizer) -> Tensor:  # type: ignore[override]
-        r = v - v.mean(1, keepdim=True) if q.zero_centre else v
-        m = s * (q.l1_bound * (1.0 - MARGIN))
+    def forward(v: Tensor, a: Tensor, s: Tensor, zero_centre: bool, bound: float, grid):  # type: ignore[override]
+        r = v - v.mean(1, keepdim=True) if zero_centre else v.view_as(v)  # saved: a view
+        m = s * bound
         clamped = a > m
         g = torch.where(clamped, m, a)
-        w, factor, divisor = _normalized(r, g, q.zero_centre)
+        w, factor, divisor = _normalized(r, g, zero_centre)
         s2 = s.unsqueeze(1)
         u = w / s2
-        c = u.clamp(q.grid.lo, q.grid.hi)
-        codes = q.grid.fn(c)
+        c = u.clamp(grid.lo, grid.hi)
+        codes = grid.fn(c)
         inside = c == u
-        ctx.save_for_backward(r, u, codes, inside, factor, divisor, g, clamped)
-        ctx.zero_centre, ctx.bound = q.zero_centre, q.l1_bound * (1.0 - MARGIN)
-        return codes * s2
+        return codes * s2, r, u, codes, inside, factor, divisor, g, clamped
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:
+        saved = output[1:]
+        ctx.mark_non_differentiable(*saved)
+        ctx.save_for_backward(*saved)
+        ctx.zero_centre, ctx.bound = inputs[3], inputs[4]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, *_saved_grads):  # type: ignore[override]
         r, u, codes, inside, factor, divisor, g, clamped = ctx.saved_tensors
         gw = grad * inside  # straight-through inside the code range
         gs = (grad * torch.where(inside, codes - u, codes)).sum(1)  # LSQ
@@ -516,7 +527,7 @@ class _A2QFakeQuant(torch.autograd.Function):
         gg = gg.to(g.dtype)
         ga = torch.where(clamped, 0.0, gg)
         gs = gs + torch.where(clamped, gg, 0.0) * ctx.bound
-        return gr, ga, gs, None
+        return gr, ga, gs, None, None, None
 
 
 def _inward(bound: Tensor, dtype: torch.dtype, bits: int) -> Tensor:
