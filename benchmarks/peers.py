@@ -15,6 +15,15 @@
      batch 64, SGD with momentum; 4-bit per-channel weights, 4-bit activations.
    - ``cnn_eval``: that CNN's forward in eval mode, batch 256, no gradients.
 
+   glibc's malloc hands large freed blocks back to the kernel and page-faults them in
+   again on the next step: on the small CNN about 2000 faults a step, 2–3 ms of its
+   8 ms, and more the more a model allocates, which moved the hwquant / float ratio
+   between 1.1× and 1.4× from run to run. The benchmark therefore keeps freed memory
+   in the process (``mallopt``: no trimming, no mmap below 32 MiB; what
+   ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` or jemalloc do) for all
+   libraries alike; ``--default-malloc`` measures without it (the JSON records
+   page faults per step either way).
+
    All models start from the same float weights (one seed). hwquant is also timed
    under ``torch.compile`` (``fit(compile=True)``'s path) for the training
    workloads. Every model first runs 310 steps (past hwquant's 100-batch scale
@@ -32,16 +41,19 @@ Both libraries start A2Q from the float weights (Brevitas' defaults: s = max|w|/
 g = ‖w‖₁; hwquant's are the same).
 
 Run: ``python benchmarks/peers.py [--only speed|accuracy] [--epochs 60] [--seeds 3]
-[--bits 16 14 12 11 10] [--steps 200] [--no-compile] [--json out.json]``. Needs the
-``bench`` extra (Brevitas); without it, it says so and exits.
+[--bits 16 14 12 11 10] [--steps 200] [--no-compile] [--default-malloc]
+[--json out.json]``. Needs the ``bench`` extra (Brevitas); without it, it says so and
+exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import math
+import resource
 import statistics
 import sys
 import time
@@ -61,6 +73,7 @@ from hwquant.spec import A2Q, A4, A4U, PER_TENSOR, W4, A2QPlus, IntFormat, Recip
 
 W4_FORMAT = IntFormat(4, narrow=True)
 WARM_STEPS = 310
+_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # page faults of this thread
 
 
 def have_brevitas() -> bool:
@@ -222,6 +235,19 @@ def _stepper(model: nn.Module, x: Tensor, y: Tensor, opt_name: str | None) -> Ca
     return step
 
 
+def steady_malloc() -> bool:
+    """Keep freed memory in this process (glibc ``mallopt``: no trimming, no mmap for
+    blocks under 32 MiB), so steps do not page-fault their buffers back in (module
+    docstring); False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def _seeded(build: Callable[..., nn.Module], *args) -> nn.Module:
     """build(*args) from seed 0: every model of a workload starts from the same float
     weights, so their activations (and data-dependent kernels such as max-pool's
@@ -257,13 +283,17 @@ def speed(steps: int = 200, warm: int = WARM_STEPS, compile_: bool = True) -> di
                         runs[key]()
                 run()
         times: dict[str, list[float]] = {k: [] for k in runs}
+        faults = dict.fromkeys(runs, 0)
         for _ in range(steps):
             for key, run in runs.items():
+                f0 = resource.getrusage(_WHO).ru_minflt
                 t = time.thread_time()
                 run()
                 times[key].append(time.thread_time() - t)
+                faults[key] += resource.getrusage(_WHO).ru_minflt - f0
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         row = {f"{k}_ms": m for k, m in med.items()}
+        row |= {f"{k}_page_faults": n / steps for k, n in faults.items()}
         row |= {f"{k}_vs_float": m / med["float"] for k, m in med.items() if k != "float"}
         row["brevitas_vs_hwquant"] = med["brevitas"] / med["hwquant"]
         results[name] = row
@@ -416,13 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 14, 12, 11, 10])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's trimming")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     if not have_brevitas():
         print("peers: Brevitas is not installed: pip install -e '.[bench]'")
         return 0
     out: dict = {"torch": torch.__version__, "threads": 1, "kernels": kernels.describe()}
-    print(f"hwquant CPU kernels: {out['kernels']}")
+    out["malloc"] = "default" if a.default_malloc or not steady_malloc() else "steady"
+    print(f"hwquant CPU kernels: {out['kernels']}; malloc: {out['malloc']}")
     if a.only != "accuracy":
         out["speed"] = speed(a.steps, compile_=not a.no_compile)
         print(speed_table(out["speed"]), flush=True)

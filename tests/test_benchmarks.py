@@ -50,6 +50,7 @@ def test_peers_benchmark_smoke():
     speed = b.speed(steps=1, warm=1, compile_=False)
     assert set(speed) == set(b.WORKLOADS)
     assert all(r["hwquant_ms"] > 0 and r["brevitas_ms"] > 0 for r in speed.values())
+    assert all(r["float_page_faults"] >= 0 for r in speed.values())
 
 
 def test_worst_case_bits_by_hand():
