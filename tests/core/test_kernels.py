@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from hwquant.core import kernels
-from hwquant.core.grid import fake_quantize, make_grid
+from hwquant.core.grid import fake_quantize, fake_quantize_tangent, make_grid
 from hwquant.spec.formats import IntFormat, MinifloatFormat
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
@@ -93,6 +93,28 @@ def test_kernel_equals_the_formula(dtype, fmt, rounding, shapes, formula):
             kern, ref, ("value", "grad x", "grad s", "no-grad value"), strict=True
         ):
             assert _same(a, b), f"{what} differs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fmt", FORMATS[:4], ids=lambda f: f.name)
+@pytest.mark.parametrize("rounding", ["half_even", "toward_zero"])
+def test_tangent_kernel_equals_the_formula(dtype, fmt, rounding, formula):
+    """fake_quantize_tangent (x̂, ∂x̂/∂s): compiled against the formula, bit for bit,
+    in and beyond the range, at ties and on nan / ±inf / −0."""
+    grid = make_grid(fmt, rounding)
+    gen = torch.Generator().manual_seed(2)
+    s = torch.tensor(0.37, dtype=dtype)
+    k = torch.randint(-30, 30, (5, 40), generator=gen).to(dtype)
+    for x in (torch.randn(5, 40, generator=gen, dtype=dtype) * 4, (k + 0.5) * s):
+        x.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
+        kern = fake_quantize_tangent(x, s, grid)
+        assert kernels.fake_quant_tangent(x, s, grid.lo, grid.hi, grid.kernel) is not None
+        with formula:
+            ref = fake_quantize_tangent(x, s, grid)
+        for a, b in zip(kern, ref, strict=True):
+            assert _same(a, b)
+    assert kernels.fake_quant_tangent(x, s.expand(1, 1), grid.lo, grid.hi, grid.kernel)
+    assert kernels.fake_quant_tangent(x, torch.ones(5, 1, dtype=dtype), -8, 7, 0) is None
 
 
 @settings(max_examples=60, deadline=None)
@@ -264,7 +286,7 @@ def test_without_a_compiler_it_warns_once_and_uses_the_formula(tmp_path):
         "import warnings, torch\n"
         "warnings.simplefilter('always')\n"
         "from hwquant.core import kernels\n"
-        "from hwquant.core.grid import fake_quantize, make_grid\n"
+        "from hwquant.core.grid import fake_quantize, fake_quantize_tangent, make_grid\n"
         "from hwquant.spec.formats import IntFormat\n"
         "g = make_grid(IntFormat(4))\n"
         "with warnings.catch_warnings(record=True) as seen:\n"

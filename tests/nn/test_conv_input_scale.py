@@ -91,3 +91,10 @@ def test_other_cases_keep_the_quantizer_path():
     assert Quantizer(asym).scale_tangent(x.detach()) is None
     reflect = _layer(nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"), A4, x.shape)
     assert "_ConvLearnedInputScale" not in reflect(x.detach()).grad_fn.name()
+
+
+def test_autocast_keeps_the_quantizer_path():
+    q = _layer(nn.Conv2d(2, 4, 3), A4, (2, 2, 6, 6)).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = q(torch.randn(2, 2, 6, 6))
+    assert "_ConvLearnedInputScale" not in y.grad_fn.name()

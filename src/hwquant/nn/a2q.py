@@ -485,7 +485,7 @@ class _A2QFakeQuant(torch.autograd.Function):
     saves some thirty small autograd nodes, which dominate the step of a small model.
 
     Inputs: v rows [C, K] (not yet centred), a = 2^γ [C], s [C], whether to centre
-    the rows (A2Q+), the ℓ1 bound T and the grid. Written in the ``torch.func`` style
+    the rows (A2Q+), the ℓ1 bound T·(1 − MARGIN) and the grid. Written in the ``torch.func`` style
     (forward without ctx): what backward needs rides along as further outputs, so
     ``torch.func.grad`` / ``vmap`` work through it."""
 

@@ -102,7 +102,11 @@ class _QuantConvNd(QuantWeightLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         tangent = None
-        if self.padding_mode == "zeros" and not isinstance(self.padding, str):
+        if (
+            self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and not torch.is_autocast_enabled(x.device.type)  # autocast: torch's own casts
+        ):
             tangent = getattr(self.input_quant, "scale_tangent", _none)(x)
         if tangent is not None:  # a first layer with a learned input scale
             w = self.quant_weight()

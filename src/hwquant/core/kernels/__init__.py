@@ -5,7 +5,8 @@ For a saturating integer grid without zero point, rounding half to even or towar
 zero, fake quantization on the CPU runs as one C++ loop with one autograd node
 (``fake_quant.cpp``) instead of about seven tensor ops and a Python autograd node;
 the A2Q / A2Q+ weight node likewise (``a2q.cpp``), and a layer's bias on the
-accumulator scale with its A2Q clip (``bias.cpp``). The values and gradients are
+accumulator scale with its A2Q clip (``bias.cpp``); ``fake_quant_tangent`` gives a
+first convolution x̂ and ∂x̂/∂s in one pass (:mod:`hwquant.nn.conv`). The values and gradients are
 those of the PyTorch formula, bit for bit (tested); a QAT step of a small MLP takes
 about a third less time. ``bindings.cpp`` makes them one Python module (pybind11:
 a call costs about 0.3 µs, a ``torch.ops`` call about 2.5 µs).
@@ -56,6 +57,7 @@ __all__ = [
     "describe",
     "enable",
     "fake_quant",
+    "fake_quant_tangent",
     "load",
     "unavailable_reason",
 ]
@@ -185,6 +187,18 @@ def fake_quant(
         return None
     op = _op if _op is not None else _first_load()
     return None if op is None else _run(op.fake_quant, x, s, lo, hi, rounding, scale)
+
+
+def fake_quant_tangent(
+    x: Tensor, s: Tensor, lo: float, hi: float, rounding: int
+) -> tuple[Tensor, Tensor] | None:
+    """(x̂, ∂x̂/∂s) of fake quantization with one scale ``s``, without autograd, in one
+    pass: the values of :func:`hwquant.core.grid.fake_quantize_tangent`; None where the
+    kernel does not apply (CPU float32 / float64 of one dtype, ``s`` one value)."""
+    if not _plain(x, s):
+        return None
+    op = _op if _op is not None else _first_load()
+    return None if op is None else _run(op.fake_quant_tangent, x, s, lo, hi, rounding)
 
 
 def _first_load():

@@ -6,6 +6,7 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fake_quant", &hwq::fake_quant);
+  m.def("fake_quant_tangent", &hwq::fake_quant_tangent);
   m.def("a2q_fake_quant", &hwq::a2q_fake_quant);
   m.def("a2q_bias_range", &hwq::a2q_bias_range);
   m.def("accumulator_bias", &hwq::accumulator_bias);

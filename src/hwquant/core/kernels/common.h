@@ -14,6 +14,10 @@ namespace hwq {
 // ---- the kernels (each returns None to Python where it does not serve its inputs)
 std::optional<at::Tensor> fake_quant(const at::Tensor& x, const at::Tensor& p, double lo,
                                      double hi, int64_t rounding, int64_t kind);
+std::optional<std::tuple<at::Tensor, at::Tensor>> fake_quant_tangent(const at::Tensor& x,
+                                                                     const at::Tensor& s,
+                                                                     double lo, double hi,
+                                                                     int64_t rounding);
 std::optional<at::Tensor> a2q_fake_quant(const at::Tensor& v, const at::Tensor& gamma,
                                          const at::Tensor& p, int64_t kind, double bound,
                                          bool zero_centre, double lo, double hi);

@@ -65,6 +65,21 @@ HWQ_CLONES void grad_loop(const T* __restrict x, const T* __restrict s, bool sca
   }
 }
 
+// x̂ = q·s and ∂x̂/∂s (q − v inside, q outside) of one scale, without autograd
+template <typename T, int64_t R>
+HWQ_CLONES void tangent_loop(const T* __restrict x, T s, T lo, T hi, int64_t begin,
+                             int64_t end, T* __restrict out, T* __restrict d) {
+  for (int64_t i = begin; i < end; ++i) {
+    const T v = x[i] / s;
+    T c = v < lo ? lo : v;
+    c = c > hi ? hi : c;
+    const T q = hwq::round_code<T, R>(c);
+    const bool in = (v >= lo) & (v <= hi);
+    out[i] = q * s;
+    d[i] = in ? q - v : q;
+  }
+}
+
 void check(const at::Tensor& x, const at::Tensor& s, int64_t rounding) {
   TORCH_CHECK(x.device().is_cpu() && s.device().is_cpu(), "hwquant::fake_quant is a CPU kernel");
   TORCH_CHECK(x.scalar_type() == s.scalar_type(),
@@ -175,6 +190,29 @@ bool serves(const at::Tensor& x, const at::Tensor& p) {
 }  // namespace
 
 namespace hwq {
+
+std::optional<std::tuple<at::Tensor, at::Tensor>> fake_quant_tangent(const at::Tensor& x_in,
+                                                                     const at::Tensor& s,
+                                                                     double lo, double hi,
+                                                                     int64_t rounding) {
+  if (!hwq::same_cpu_float(x_in, s) || s.numel() != 1 || (rounding != 0 && rounding != 1))
+    return std::nullopt;
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty_like(x), d = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hwquant_fake_quant_tangent", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t sv = s.item<scalar_t>();
+    scalar_t *op = out.data_ptr<scalar_t>(), *dp = d.data_ptr<scalar_t>();
+    const auto l = static_cast<scalar_t>(lo), h = static_cast<scalar_t>(hi);
+    at::parallel_for(0, x.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+      if (rounding == 0)
+        tangent_loop<scalar_t, 0>(xp, sv, l, h, begin, end, op, dp);
+      else
+        tangent_loop<scalar_t, 1>(xp, sv, l, h, begin, end, op, dp);
+    });
+  });
+  return std::make_tuple(out, d);
+}
 
 std::optional<at::Tensor> fake_quant(const at::Tensor& x, const at::Tensor& p, double lo,
                                      double hi, int64_t rounding, int64_t kind) {
