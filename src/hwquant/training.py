@@ -136,15 +136,15 @@ def fit(
     """Adam + cosine learning-rate decay; test accuracy after every epoch.
 
     ``extra_loss(model)`` is added to the loss (e.g. a regularizer or penalty).
-    ``compile`` runs the model under ``torch.compile``, the fast path: for FPGA-sized
-    models the per-op overhead of eager quantizers dominates, and compiling removes
-    most of it (``benchmarks/qat_step.py``, ``benchmarks/peers.py``). Batches run
-    eagerly while a quantizer still initializes or warms its scale up
-    (``ScaleSpec.warmup``: its state changes every batch), then the model is
-    compiled once, as one graph per layer. On CPU this pays off for MLP-like models
-    (a W4A4 MLP step 2.7× → 1.6× float time); convolutional models can get slower
-    (torch's CPU compiler makes even the float 2-conv CNN of ``benchmarks/peers.py``
-    about 1.5× slower), so time both before choosing it for them.
+    ``compile`` runs the model under ``torch.compile``. Batches run eagerly while a
+    quantizer still initializes or warms its scale up (``ScaleSpec.warmup``: its state
+    changes every batch), then the model is compiled once, as one graph per layer. On
+    CPU, integer quantizers already run as compiled kernels in eager mode, so eager is
+    the fast path there (``benchmarks/peers.py``: a W4A4 MLP step 1.75× float eager,
+    1.6–2.0× compiled depending on the CPU; the 2-conv CNN 1.15× eager, 2.3× compiled,
+    as torch's CPU compiler makes even the float CNN slower). Compiling can pay off
+    where the kernels do not apply (minifloat / power-of-two formats, CUDA tensors):
+    time both before choosing it.
     With ``progress`` a tqdm bar shows the epoch, loss and accuracy.
     A non-finite loss (nan / inf) stops training with a ValueError naming the epoch
     and step, before that step's backward and update: no nan reaches the model.
