@@ -2,7 +2,14 @@
 
 from torch import nn
 
-from hwquant.nn.a2q import A2QWeightQuantizer, a2q_penalty, check_bounds, ep_init, unfreeze
+from hwquant.nn.a2q import (
+    A2QWeightQuantizer,
+    DeadLayerWarning,
+    a2q_penalty,
+    check_bounds,
+    ep_init,
+    unfreeze,
+)
 from hwquant.nn.activation import (
     QuantAct,
     QuantHardtanh,
@@ -31,6 +38,7 @@ from hwquant.nn.recurrent import QuantGRU, QuantLSTM, QuantRNN, RecurrentQuantiz
 __all__ = [
     "A2QWeightQuantizer",
     "BiasQuantizer",
+    "DeadLayerWarning",
     "LayerKind",
     "QuantAct",
     "QuantAdd",

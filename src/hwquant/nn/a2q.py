@@ -50,9 +50,10 @@ at the clamp instead, where its gradient can shrink it, cost up to 9 points of d
 accuracy at P = 10–11; ``benchmarks/peers.py``.) :func:`ep_init` projects each channel
 onto the L1 ball of radius s·T instead (A2Q+ paper). Where the budget is so tight that
 *every* code of a layer truncates to 0 (T·max|r|/‖r‖₁ < 1 in every channel: the layer
-passes no signal and no gradient, so QAT cannot start), ``hwquant.quantize`` (a layer's
-``reset_weight_scale``) initializes that layer by :func:`ep_init` instead, with a
-warning (:meth:`~A2QWeightQuantizer.revive`; on digits, A2Q at P = 10 then trains to
+passes no signal and no gradient, so QAT cannot start), the layer is initialized by
+:func:`ep_init` instead, with a :class:`DeadLayerWarning`, when it is built (its
+random init) and again by ``hwquant.quantize`` / ``reset_weight_scale`` (the float
+weights) (:meth:`~A2QWeightQuantizer.revive`; on digits, A2Q at P = 10 then trains to
 60–70 % where it stays at chance, ``benchmarks/peers.py``). :mod:`hwquant.algorithms.a2q_ptq` computes budget-respecting
 codes from data (:meth:`~A2QWeightQuantizer.freeze_codes`; :func:`unfreeze` resumes
 QAT from them). Layers build the quantizer from an A2Q weight spec and their input
@@ -100,6 +101,7 @@ __all__ = [
     "MARGIN",
     "A2QWeightQuantizer",
     "BoundCheck",
+    "DeadLayerWarning",
     "a2q_input_format",
     "a2q_layers",
     "a2q_penalty",
@@ -112,6 +114,11 @@ __all__ = [
 
 #: relative margin kept below the L1 budget T (absorbs float32 round-off).
 MARGIN = 1e-6
+
+
+class DeadLayerWarning(UserWarning):
+    """An A2Q layer's every weight code is 0 at the default init under its budget; it
+    is initialized by ep_init instead (:meth:`A2QWeightQuantizer.revive`)."""
 
 
 def layer_label(layer: nn.Module) -> str:
@@ -287,10 +294,11 @@ class A2QWeightQuantizer(Quantizer):
         return self._unrows(proj, v)
 
     @torch.no_grad()
-    def revive(self, v: Tensor) -> Tensor | None:
+    def revive(self, v: Tensor, stacklevel: int = 2) -> Tensor | None:
         """None where some code of ``v`` is nonzero in the current state; where every
         code is 0 (the budget truncates the whole layer away, so it passes no signal
-        and gets no gradient), :meth:`ep_init` of ``v`` with a warning: returns the
+        and gets no gradient), :meth:`ep_init` of ``v`` with a
+        :class:`DeadLayerWarning` (``stacklevel`` above the caller): returns the
         weight for the caller to store (module docstring)."""
         if bool((self.code_rows(v) != 0).any()):
             return None
@@ -298,9 +306,9 @@ class A2QWeightQuantizer(Quantizer):
             f"{self.owner}: every weight code is 0 under the {self.accumulator_bits}-bit "
             f"accumulator budget (T = {self.l1_bound:.4g} code units per channel) at the "
             "default A2Q init, so the layer would pass no signal; it is initialized by "
-            "Euclidean projection (ep_init) instead, which changes its float weights",
-            UserWarning,
-            stacklevel=5,  # the caller of reset_weight_scale (both run under no_grad)
+            "Euclidean projection (ep_init) of its weights instead, which changes them",
+            DeadLayerWarning,
+            stacklevel=stacklevel + 1,
         )
         return self.ep_init(v)
 

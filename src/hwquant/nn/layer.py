@@ -21,6 +21,7 @@ none creates the mask.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from hwquant.core import kernels
-from hwquant.nn.a2q import A2QWeightQuantizer
+from hwquant.nn.a2q import A2QWeightQuantizer, DeadLayerWarning
 from hwquant.nn.kinds import kind_of
 from hwquant.nn.pot import PoTWeightQuantizer
 from hwquant.nn.quantizer import BiasQuantizer, Quantizer
@@ -123,6 +124,17 @@ class QuantWeightLayer(QuantLayer):
         wspec = weight_spec or spec.weight
         self.weight_quant = nn.Identity() if wspec is None else weight_quantizer(self, wspec)
         self._setup_bias()
+        self._revive_a2q(stacklevel=4)  # the caller of the layer's __init__
+
+    @torch.no_grad()
+    def _revive_a2q(self, stacklevel: int) -> None:
+        """An A2Q layer whose every code is 0 takes ep_init's weights, with a
+        :class:`~hwquant.nn.a2q.DeadLayerWarning` pointing ``stacklevel`` frames up
+        (tests/a2q/test_a2q_revive.py checks that it names the user's line)."""
+        if isinstance(self.weight_quant, A2QWeightQuantizer) and not self.weight.is_meta:
+            revived = self.weight_quant.revive(self.weight, stacklevel=stacklevel + 2)
+            if revived is not None:
+                self.weight.copy_(revived)
 
     def _has_bias(self) -> bool:
         """Whether this layer kind has a ``bias`` attribute (an embedding has none)."""
@@ -278,10 +290,7 @@ class QuantWeightLayer(QuantLayer):
         for q, p in ((self.weight_quant, self.weight), (self.bias_quant, bias)):
             if isinstance(q, Quantizer) and q.spec.scale.learned and p is not None:
                 q.init_from(p)
-        if isinstance(self.weight_quant, A2QWeightQuantizer):
-            revived = self.weight_quant.revive(self.weight)
-            if revived is not None:
-                self.weight.copy_(revived)
+        self._revive_a2q(stacklevel=4)  # the caller of reset_weight_scale
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         mask = state_dict.get(prefix + MASK)
@@ -300,7 +309,9 @@ class QuantWeightLayer(QuantLayer):
     def from_float(cls, module: nn.Module, spec: LayerSpec) -> QuantWeightLayer:
         """The quantized twin of ``module`` (same hyper-parameters, weights copied)."""
         p = module.weight
-        q = cls(**cls.float_kwargs(module), spec=spec, device=p.device, dtype=p.dtype)
+        with warnings.catch_warnings():  # the random init is replaced by the weights below
+            warnings.simplefilter("ignore", DeadLayerWarning)
+            q = cls(**cls.float_kwargs(module), spec=spec, device=p.device, dtype=p.dtype)
         with torch.no_grad():
             q.weight.copy_(module.weight)
             if q._has_bias() and module.bias is not None:
