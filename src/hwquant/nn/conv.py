@@ -67,8 +67,10 @@ class _ConvLearnedInputScale(torch.autograd.Function):
     forward of a 1→16-channel 3×3 conv on 64 images of 28×28, one core). Since y is
     linear in x̂ and in w, ∂L/∂s = Σ ∂L/∂x̂ · ∂x̂/∂s = ⟨∂L/∂y, conv(∂x̂/∂s, w)⟩ =
     ⟨w, G⟩, where G is the weight gradient the convolution would have were its input
-    ∂x̂/∂s: the same value (up to float summation order) from a second weight-gradient
-    kernel, as cheap as the first. Weight and bias gradients are torch's own."""
+    ∂x̂/∂s: the same value (up to float summation order) from a weight-gradient kernel,
+    cheap for few channels. Without groups, x̂ and ∂x̂/∂s go in as the channels of one
+    input, so one ``convolution_backward`` call gives both weight gradients (and the
+    bias gradient); grouped convolutions take two calls."""
 
     @staticmethod
     def forward(ctx, x_hat, tangent, s, w, b, geometry):  # type: ignore[override]
@@ -82,10 +84,19 @@ class _ConvLearnedInputScale(torch.autograd.Function):
         x_hat, tangent, w = ctx.saved_tensors
         need = ctx.needs_input_grad
         gs = gw = gb = None
-        if need[3] or need[4]:
-            mask = [False, need[3], need[4] and ctx.bias_sizes is not None]
+        need_b = need[4] and ctx.bias_sizes is not None
+        if need[2] and ctx.geometry[-1] == 1:  # one kernel call: x̂ and ∂x̂/∂s as channels
+            c = w.shape[1]
+            _, gw2, gb = torch.ops.aten.convolution_backward(
+                g, torch.cat([x_hat, tangent], 1), torch.cat([w, w], 1), ctx.bias_sizes,
+                *ctx.geometry, [False, True, need_b],
+            )  # fmt: skip
+            gw = gw2[:, :c] if need[3] else None
+            gs = (gw2[:, c:] * w).sum().reshape(ctx.s_shape)
+            return None, None, gs, gw, gb, None
+        if need[3] or need_b:
             _, gw, gb = torch.ops.aten.convolution_backward(
-                g, x_hat, w, ctx.bias_sizes, *ctx.geometry, mask
+                g, x_hat, w, ctx.bias_sizes, *ctx.geometry, [False, need[3], need_b]
             )
         if need[2]:
             _, gw_tangent, _ = torch.ops.aten.convolution_backward(
