@@ -18,7 +18,7 @@
    glibc's malloc hands large freed blocks back to the kernel and page-faults them in
    again on the next step: on the small CNN about 2000 faults a step, 2–3 ms of its
    8 ms, and more the more a model allocates, which moved the hwquant / float ratio
-   between 1.1× and 1.4× from run to run. The benchmark therefore keeps freed memory
+   between 0.8× and 1.4× from run to run. The benchmark therefore keeps freed memory
    in the process (``mallopt``: no trimming, no mmap below 32 MiB; what
    ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` or jemalloc do) for all
    libraries alike; ``--default-malloc`` measures without it (the JSON records

@@ -140,8 +140,8 @@ def fit(
     quantizer still initializes or warms its scale up (``ScaleSpec.warmup``: its state
     changes every batch), then the model is compiled once, as one graph per layer. On
     CPU, integer quantizers already run as compiled kernels in eager mode, so eager is
-    the fast path there (``benchmarks/peers.py``: a W4A4 MLP step 1.75× float eager,
-    1.6–2.0× compiled depending on the CPU; the 2-conv CNN 1.15× eager, 2.3× compiled,
+    the fast path there (``benchmarks/peers.py``: a W4A4 MLP step 1.7× float eager,
+    1.6–2.0× compiled depending on the CPU; the 2-conv CNN 1.13× eager, 2.3× compiled,
     as torch's CPU compiler makes even the float CNN slower). Compiling can pay off
     where the kernels do not apply (minifloat / power-of-two formats, CUDA tensors):
     time both before choosing it.
