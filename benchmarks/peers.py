@@ -19,9 +19,9 @@
    again on the next step: on the small CNN about 2000 faults a step, 2–3 ms of its
    8 ms, and more the more a model allocates, which moved the hwquant / float ratio
    between 0.8× and 1.4× from run to run. The benchmark therefore keeps freed memory
-   in the process (``mallopt``: no trimming, no mmap below 32 MiB; what
-   ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` or jemalloc do) for all
-   libraries alike; ``--default-malloc`` measures without it (the JSON records
+   in the process (:func:`hwquant.training.steady_malloc`, which the ``hwquant``
+   command uses too: no trimming, no mmap below 32 MiB; what ``MALLOC_TRIM_THRESHOLD_``
+   / ``MALLOC_MMAP_THRESHOLD_`` or jemalloc do) for all libraries alike; ``--default-malloc`` measures without it (the JSON records
    page faults per step either way).
 
    All models start from the same float weights (one seed). hwquant is also timed
@@ -49,7 +49,6 @@ exits.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import json
 import math
@@ -70,6 +69,7 @@ from hwquant.core import kernels
 from hwquant.core.accumulator import worst_case_range
 from hwquant.nn import A2QWeightQuantizer, QuantLinear
 from hwquant.spec import A2Q, A4, A4U, PER_TENSOR, W4, A2QPlus, IntFormat, Recipe
+from hwquant.training import steady_malloc
 
 W4_FORMAT = IntFormat(4, narrow=True)
 WARM_STEPS = 310
@@ -233,19 +233,6 @@ def _stepper(model: nn.Module, x: Tensor, y: Tensor, opt_name: str | None) -> Ca
         opt.step()
 
     return step
-
-
-def steady_malloc() -> bool:
-    """Keep freed memory in this process (glibc ``mallopt``: no trimming, no mmap for
-    blocks under 32 MiB), so steps do not page-fault their buffers back in (module
-    docstring); False where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def _seeded(build: Callable[..., nn.Module], *args) -> nn.Module:
@@ -453,7 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         print("peers: Brevitas is not installed: pip install -e '.[bench]'")
         return 0
     out: dict = {"torch": torch.__version__, "threads": 1, "kernels": kernels.describe()}
-    out["malloc"] = "default" if a.default_malloc or not steady_malloc() else "steady"
+    if a.default_malloc:
+        out["malloc"] = "default"
+    else:  # False: MALLOC_* already set by the user, or not glibc
+        out["malloc"] = "steady" if steady_malloc() else "as configured"
     print(f"hwquant CPU kernels: {out['kernels']}; malloc: {out['malloc']}")
     if a.only != "accuracy":
         out["speed"] = speed(a.steps, compile_=not a.no_compile)

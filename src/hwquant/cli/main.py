@@ -101,5 +101,14 @@ def _one_line(msg: str) -> str:
     return " ".join(lines) if lines else "failed"
 
 
+def entry() -> int:
+    """The ``hwquant`` command: :func:`main` with steady malloc
+    (:func:`hwquant.training.steady_malloc`: no page faults per training step)."""
+    from hwquant.training import steady_malloc
+
+    steady_malloc()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
