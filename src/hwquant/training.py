@@ -45,7 +45,12 @@ def steady_malloc() -> bool:
     the ``hwquant`` command calls it; scripts may. Child processes (sweep workers)
     inherit it through ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_``. Where
     either is already set (the user's own choice) nothing changes. Returns whether it
-    took effect (False on other C libraries)."""
+    took effect (False on other C libraries).
+
+    >>> from hwquant.training import steady_malloc
+    >>> steady_malloc()  # at the top of a training script  # doctest: +SKIP
+    True
+    """
     import ctypes
     import os
 
