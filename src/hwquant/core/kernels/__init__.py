@@ -185,8 +185,7 @@ def fake_quant(
     s = |p| (``ABS_SCALE``) or s = 2^p (``EXP2_SCALE``)."""
     if not _plain(x, s):
         return None
-    op = _op if _op is not None else _first_load()
-    return None if op is None else _run(op.fake_quant, x, s, lo, hi, rounding, scale)
+    return _call("fake_quant", x, s, lo, hi, rounding, scale)
 
 
 def fake_quant_tangent(
@@ -197,8 +196,7 @@ def fake_quant_tangent(
     kernel does not apply (CPU float32 / float64 of one dtype, ``s`` one value)."""
     if not _plain(x, s):
         return None
-    op = _op if _op is not None else _first_load()
-    return None if op is None else _run(op.fake_quant_tangent, x, s, lo, hi, rounding)
+    return _call("fake_quant_tangent", x, s, lo, hi, rounding)
 
 
 def _first_load():
@@ -206,10 +204,14 @@ def _first_load():
     return None if _state["tried"] or not _state["enabled"] else load()
 
 
-def _run(fn, *args):
-    """fn(*args), or None inside a torch.func transform (see _TRANSFORM_ERRORS)."""
+def _call(name: str, *args):
+    """The module's function ``name`` on args; None where the module is not loaded or
+    inside a torch.func transform (see _TRANSFORM_ERRORS)."""
+    op = _op if _op is not None else _first_load()
+    if op is None:
+        return None
     try:
-        return fn(*args)
+        return getattr(op, name)(*args)
     except RuntimeError as e:
         if not any(m in str(e) for m in _TRANSFORM_ERRORS):
             raise
@@ -234,9 +236,7 @@ def a2q_fake_quant(
     kernel does not apply."""
     if not _plain(v, gamma, p):
         return None
-    op = _op if _op is not None else _first_load()
-    args = (v, gamma, p, kind, bound, zero_centre, lo, hi)
-    return None if op is None else _run(op.a2q_fake_quant, *args)
+    return _call("a2q_fake_quant", v, gamma, p, kind, bound, zero_centre, lo, hi)
 
 
 def a2q_bias_range(
@@ -249,8 +249,7 @@ def a2q_bias_range(
     in one pass (integer sums, exact); None where the kernel does not apply."""
     if not _plain(w_rows, s) or not 2 <= bits <= 62:
         return None
-    op = _op if _op is not None else _first_load()
-    return None if op is None else _run(op.a2q_bias_range, w_rows, s, x_min, x_max, bits)
+    return _call("a2q_bias_range", w_rows, s, x_min, x_max, bits)
 
 
 def accumulator_bias(
@@ -277,11 +276,8 @@ def accumulator_bias(
     ``QuantWeightLayer._bias_on_accumulator_scale``; None where it does not apply."""
     if not _plain(bias, p_in, p_w) or not (w_rows is None or type(w_rows) in _PLAIN):
         return None
-    op = _op if _op is not None else _first_load()
-    if op is None:
-        return None
     args = (bias, p_in, kind_in, p_w, kind_w, lo, hi, rounding, w_rows, x_min, x_max, bits)
-    return _run(op.accumulator_bias, *args)
+    return _call("accumulator_bias", *args)
 
 
 def main() -> int:
