@@ -24,6 +24,7 @@ from hwquant.nn.kinds import (
     transposed_rows,
 )
 from hwquant.nn.layer import QuantWeightLayer
+from hwquant.nn.quantizer import Quantizer
 from hwquant.spec.layer_spec import LayerSpec
 from hwquant.spec.quant_spec import PerChannel, per_channel
 
@@ -45,10 +46,6 @@ _CONV_FIELDS = (
     "dilation",
     "groups",
 )
-
-
-def _none(x: Tensor) -> None:
-    return None
 
 
 def _conv_kwargs(m: nn.Module) -> dict:
@@ -112,13 +109,15 @@ class _QuantConvNd(QuantWeightLayer):
         self._setup_quant(spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        tangent = None
+        iq, tangent = self.input_quant, None
         if (
-            self.padding_mode == "zeros"
+            not x.requires_grad  # a first layer (checked again by scale_tangent: cheap)
+            and isinstance(iq, Quantizer)
+            and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
             and not torch.is_autocast_enabled(x.device.type)  # autocast: torch's own casts
         ):
-            tangent = getattr(self.input_quant, "scale_tangent", _none)(x)
+            tangent = iq.scale_tangent(x)
         if tangent is not None:  # a first layer with a learned input scale
             w = self.quant_weight()
             no_pad = (0,) * len(self.stride)
